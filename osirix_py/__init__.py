@@ -1,0 +1,3 @@
+"""osirix-py: an OsiriX-style DICOM workstation and mini-PACS."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 schema, engine, matching and repository."""

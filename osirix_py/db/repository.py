@@ -1,0 +1,429 @@
+"""Reading and writing the index: add instances, find at any level, delete.
+
+All functions take an open SQLAlchemy ``Connection`` so that the caller owns
+the transaction (the archive's index writer batches many adds into one
+commit).  Nothing here touches files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from sqlalchemy import Connection, Select, and_, delete, exists, func, select, update
+
+from ..dicom.tags import (
+    ATTRIBUTES,
+    LEVELS,
+    Attribute,
+    Level,
+    attributes_at,
+    attributes_up_to,
+    find_attribute,
+    keyword_for_input,
+)
+from .matching import QueryError, match_clause, normalise_person_name
+from .schema import LEVEL_TABLES, PARENT_FK, instances, patients, series, studies
+
+
+@dataclass
+class InstanceRecord:
+    """Everything the index stores for one instance (file already in the store)."""
+
+    values: Mapping[str, object]  # keyword -> value, non-derived attributes
+    file_path: str
+    in_place: bool
+    file_size: int
+    checksum: str
+    origin: str
+    character_set: str | None = None
+    received_at: _dt.datetime | None = None
+
+
+@dataclass
+class AddResult:
+    status: str  # "stored", "duplicate", "replaced"
+    instance_pk: int
+    new_patient: bool = False
+    new_study: bool = False
+    new_series: bool = False
+    #: For "replaced": the old file's path when it differs from the new one.
+    old_file_path: str | None = None
+    old_in_place: bool = False
+    study_uid: str = ""
+    series_uid: str = ""
+
+
+def patient_key(values: Mapping[str, object]) -> str:
+    """Identity of a patient: PatientID + IssuerOfPatientID, else name + birth date."""
+    pid = str(values.get("PatientID") or "").strip()
+    issuer = str(values.get("IssuerOfPatientID") or "").strip()
+    if pid:
+        return f"id:{pid}\x1f{issuer}"
+    name = normalise_person_name(str(values.get("PatientName") or "")) or ""
+    return f"name:{name}\x1f{values.get('PatientBirthDate') or ''}"
+
+
+def _row_values(level: Level, values: Mapping[str, object]) -> dict:
+    row = {}
+    for a in attributes_at(level, derived=False):
+        v = values.get(a.keyword)
+        row[a.column] = v
+        if a.is_person_name:
+            row[f"{a.column}_norm"] = normalise_person_name(v) if v else None
+    return row
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _get_or_create(conn: Connection, level: Level, key_col, key_val, values, extra) -> tuple[int, bool]:
+    table = LEVEL_TABLES[level]
+    pk = conn.execute(select(table.c.id).where(key_col == key_val)).scalar()
+    if pk is not None:
+        return pk, False
+    row = _row_values(level, values)
+    row.update(extra)
+    pk = conn.execute(table.insert().values(**row)).inserted_primary_key[0]
+    return pk, True
+
+
+def add_instance(conn: Connection, rec: InstanceRecord, *, replace: bool = False) -> AddResult:
+    """Insert (or, with *replace*, update) one instance and maintain the counts.
+
+    Returns ``status="duplicate"`` without changing anything when the SOP
+    Instance UID is known and *replace* is false.
+    """
+    v = rec.values
+    sop_uid = str(v["SOPInstanceUID"])
+    existing = conn.execute(
+        select(instances.c.id, instances.c.file_path, instances.c.in_place, instances.c.series_pk)
+        .where(instances.c.sop_instance_uid == sop_uid)
+    ).first()
+    now = rec.received_at or _now()
+    if existing is not None and not replace:
+        return AddResult("duplicate", existing.id)
+    if existing is not None:
+        row = _row_values(Level.IMAGE, v)
+        row.update(file_path=rec.file_path, in_place=rec.in_place, file_size=rec.file_size,
+                   checksum=rec.checksum, received_at=now, origin=rec.origin)
+        conn.execute(update(instances).where(instances.c.id == existing.id).values(**row))
+        old = existing.file_path if existing.file_path != rec.file_path else None
+        su = conn.execute(select(series.c.series_instance_uid, studies.c.study_instance_uid)
+                          .join(studies, studies.c.id == series.c.study_pk)
+                          .where(series.c.id == existing.series_pk)).first()
+        return AddResult("replaced", existing.id, old_file_path=old, old_in_place=existing.in_place,
+                         study_uid=su.study_instance_uid, series_uid=su.series_instance_uid)
+
+    patient_pk, new_patient = _get_or_create(
+        conn, Level.PATIENT, patients.c.patient_key, patient_key(v), v,
+        {"patient_key": patient_key(v), "character_set": rec.character_set},
+    )
+    study_uid = str(v["StudyInstanceUID"])
+    study_pk, new_study = _get_or_create(
+        conn, Level.STUDY, studies.c.study_instance_uid, study_uid, v,
+        {"patient_pk": patient_pk, "character_set": rec.character_set, "updated_at": now,
+         "modalities_in_study": "", "num_series": 0, "num_instances": 0},
+    )
+    if not new_study:
+        # The study may have been filed under another patient by an earlier
+        # instance (e.g. corrected demographics): keep the study's patient.
+        patient_pk = conn.execute(select(studies.c.patient_pk).where(studies.c.id == study_pk)).scalar_one()
+    series_uid = str(v["SeriesInstanceUID"])
+    series_pk, new_series = _get_or_create(
+        conn, Level.SERIES, series.c.series_instance_uid, series_uid, v,
+        {"study_pk": study_pk, "num_instances": 0},
+    )
+    row = _row_values(Level.IMAGE, v)
+    row.update(series_pk=series_pk, file_path=rec.file_path, in_place=rec.in_place,
+               file_size=rec.file_size, checksum=rec.checksum, received_at=now, origin=rec.origin)
+    pk = conn.execute(instances.insert().values(**row)).inserted_primary_key[0]
+
+    # Derived counts, kept in step inside the same transaction.
+    conn.execute(update(series).where(series.c.id == series_pk)
+                 .values(num_instances=series.c.num_instances + 1))
+    study_vals = {"num_instances": studies.c.num_instances + 1, "updated_at": now}
+    if new_series:
+        study_vals["num_series"] = studies.c.num_series + 1
+        modality = str(v.get("Modality") or "").strip()
+        if modality:
+            current = conn.execute(select(studies.c.modalities_in_study)
+                                   .where(studies.c.id == study_pk)).scalar_one() or ""
+            mods = [m for m in current.split("\\") if m]
+            if modality not in mods:
+                study_vals["modalities_in_study"] = "\\".join(sorted(mods + [modality]))
+    conn.execute(update(studies).where(studies.c.id == study_pk).values(**study_vals))
+    pat_vals = {"num_instances": patients.c.num_instances + 1}
+    if new_series:
+        pat_vals["num_series"] = patients.c.num_series + 1
+    if new_study:
+        pat_vals["num_studies"] = patients.c.num_studies + 1
+    conn.execute(update(patients).where(patients.c.id == patient_pk).values(**pat_vals))
+    return AddResult("stored", pk, new_patient, new_study, new_series,
+                     study_uid=study_uid, series_uid=series_uid)
+
+
+# --------------------------------------------------------------------------- find
+def _joined_select(level: Level, columns) -> Select:
+    """SELECT columns FROM patients JOIN studies ... down to *level*."""
+    q = select(*columns).select_from(patients)
+    if level.depth >= Level.STUDY.depth:
+        q = q.select_from(patients.join(studies, studies.c.patient_pk == patients.c.id))
+    if level.depth >= Level.SERIES.depth:
+        q = q.join(series, series.c.study_pk == studies.c.id)
+    if level.depth >= Level.IMAGE.depth:
+        q = q.join(instances, instances.c.series_pk == series.c.id)
+    return q
+
+
+def _below_exists(level: Level, conds_by_level: dict[Level, list]):
+    """EXISTS(...) for conditions on levels below *level* (e.g. studies having a series)."""
+    deepest = max(conds_by_level, key=lambda lv: lv.depth)
+    chain = [lv for lv in LEVELS if level.depth < lv.depth <= deepest.depth]
+    q = select(LEVEL_TABLES[chain[0]].c.id).where(
+        LEVEL_TABLES[chain[0]].c[PARENT_FK[chain[0]]] == LEVEL_TABLES[level].c.id
+    )
+    for prev, lv in zip(chain, chain[1:]):
+        t = LEVEL_TABLES[lv]
+        q = q.join(t, t.c[PARENT_FK[lv]] == LEVEL_TABLES[prev].c.id)
+    for conds in conds_by_level.values():
+        q = q.where(*conds)
+    return exists(q)
+
+
+def build_conditions(level: Level, query: Mapping[str, object], *, fuzzy_names: bool = True) -> list:
+    """WHERE clauses for a query at *level*; keys may be at, above or below it.
+
+    ``Modality`` in a study-level query means ModalitiesInStudy, as PACS users
+    expect.  Unknown keys raise ``KeyError``; bad values raise ``QueryError``.
+    """
+    conds: list = []
+    below: dict[Level, list] = {}
+    for key, value in query.items():
+        kw = keyword_for_input(key)
+        a = find_attribute(kw)
+        assert a is not None
+        if kw == "Modality" and level.depth < Level.SERIES.depth:
+            a = find_attribute("ModalitiesInStudy")
+        if a.level.depth > level.depth:
+            if a.derived:
+                raise QueryError(f"{kw} cannot be matched at {level.value} level")
+            c = match_clause(LEVEL_TABLES[a.level], a, value, fuzzy_names=fuzzy_names)
+            if c is not None:
+                below.setdefault(a.level, []).append(c)
+            continue
+        c = match_clause(LEVEL_TABLES[a.level], a, value, fuzzy_names=fuzzy_names)
+        if c is not None:
+            conds.append(c)
+    if below:
+        conds.append(_below_exists(level, below))
+    return conds
+
+
+def result_columns(level: Level, extra_private: bool = True) -> list:
+    cols = []
+    for a in attributes_up_to(level):
+        cols.append(LEVEL_TABLES[a.level].c[a.column].label(a.keyword))
+    if level is Level.STUDY:
+        cols.append(studies.c.character_set.label("_character_set"))
+    if level is Level.PATIENT:
+        cols.append(patients.c.character_set.label("_character_set"))
+    if extra_private:
+        cols.append(LEVEL_TABLES[level].c.id.label("_pk"))
+        if level is Level.IMAGE:
+            cols += [instances.c.file_path.label("_file_path"), instances.c.in_place.label("_in_place"),
+                     instances.c.file_size.label("_file_size"), instances.c.checksum.label("_checksum"),
+                     instances.c.received_at.label("_received_at"), instances.c.origin.label("_origin")]
+    return cols
+
+
+_ORDER = {
+    Level.PATIENT: lambda: [patients.c.patient_name, patients.c.patient_id],
+    Level.STUDY: lambda: [studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.id],
+    Level.SERIES: lambda: [series.c.series_number, series.c.id],
+    Level.IMAGE: lambda: [instances.c.instance_number, instances.c.id],
+}
+
+
+def find(
+    conn: Connection,
+    level: Level,
+    query: Mapping[str, object] | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    fuzzy_names: bool = True,
+    order: bool = True,
+) -> list[dict]:
+    """Rows at *level* matching *query*, each a dict keyed by DICOM keyword.
+
+    Each row carries the attributes of its level and of the levels above it,
+    plus private keys starting with ``_`` (primary key; file path at IMAGE).
+    """
+    q = _joined_select(level, result_columns(level)).where(
+        *build_conditions(level, query or {}, fuzzy_names=fuzzy_names)
+    )
+    if order:
+        q = q.order_by(*_ORDER[level]())
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def iter_find(conn: Connection, level: Level, query: Mapping[str, object] | None = None,
+              *, fuzzy_names: bool = True, batch: int = 500):
+    """Like :func:`find` but streams rows (for C-FIND: cancel between rows)."""
+    q = _joined_select(level, result_columns(level)).where(
+        *build_conditions(level, query or {}, fuzzy_names=fuzzy_names)
+    ).order_by(*_ORDER[level]())
+    result = conn.execution_options(yield_per=batch).execute(q)
+    for r in result:
+        yield dict(r._mapping)
+
+
+def count(conn: Connection, level: Level, query: Mapping[str, object] | None = None) -> int:
+    q = _joined_select(level, [func.count()]).where(*build_conditions(level, query or {}))
+    return conn.execute(q).scalar_one()
+
+
+# --------------------------------------------------------------------------- delete
+def instance_files(conn: Connection, level: Level, uid: str) -> list[tuple[str, bool]]:
+    """(file_path, in_place) of every instance under the object *uid* at *level*."""
+    key = {Level.STUDY: studies.c.study_instance_uid, Level.SERIES: series.c.series_instance_uid,
+           Level.IMAGE: instances.c.sop_instance_uid, Level.PATIENT: patients.c.patient_id}[level]
+    q = _joined_select(Level.IMAGE, [instances.c.file_path, instances.c.in_place]).where(key == uid)
+    return [(r.file_path, r.in_place) for r in conn.execute(q)]
+
+
+def delete_object(conn: Connection, level: Level, uid: str) -> tuple[int, list[tuple[str, bool]]]:
+    """Delete the patient/study/series/instance *uid* and everything below it.
+
+    Returns (number of instances removed, their (file_path, in_place)).  The
+    counts of the parents are recomputed; emptied parents are removed.
+    """
+    files = instance_files(conn, level, uid)
+    table = LEVEL_TABLES[level]
+    key_col = {Level.PATIENT: patients.c.patient_id, Level.STUDY: studies.c.study_instance_uid,
+               Level.SERIES: series.c.series_instance_uid, Level.IMAGE: instances.c.sop_instance_uid}[level]
+    rows = conn.execute(select(table.c.id).where(key_col == uid)).scalars().all()
+    if not rows:
+        return 0, []
+    parents = _parent_pks(conn, level, rows)
+    _delete_subtree(conn, level, rows)
+    _recount(conn, parents)
+    return len(files), files
+
+
+def delete_instance_pks(conn: Connection, pks: Iterable[int]) -> None:
+    """Remove instance rows by primary key (startup check: rows without files)."""
+    pks = list(pks)
+    if not pks:
+        return
+    parents = _parent_pks(conn, Level.IMAGE, pks)
+    _delete_subtree(conn, Level.IMAGE, pks)
+    _recount(conn, parents)
+
+
+def _parent_pks(conn: Connection, level: Level, pks: list[int]) -> dict[Level, set[int]]:
+    out: dict[Level, set[int]] = {}
+    cur_level, cur = level, set(pks)
+    while cur_level is not Level.PATIENT and cur:
+        fk = PARENT_FK[cur_level]
+        t = LEVEL_TABLES[cur_level]
+        parent_level = LEVELS[cur_level.depth - 1]
+        cur = set(conn.execute(select(t.c[fk]).where(t.c.id.in_(list(cur)))).scalars())
+        out[parent_level] = cur
+        cur_level = parent_level
+    return out
+
+
+def _delete_subtree(conn: Connection, level: Level, pks: list[int]) -> None:
+    # Explicit bottom-up deletes (no reliance on ON DELETE CASCADE being on).
+    ids = {level: list(pks)}
+    for lv in LEVELS[level.depth + 1:]:
+        parent_ids = ids[LEVELS[lv.depth - 1]]
+        t = LEVEL_TABLES[lv]
+        ids[lv] = list(conn.execute(select(t.c.id).where(t.c[PARENT_FK[lv]].in_(parent_ids))).scalars()) \
+            if parent_ids else []
+    from .schema import rois
+
+    if ids.get(Level.IMAGE):
+        for chunk in _chunks(ids[Level.IMAGE], 500):
+            conn.execute(delete(rois).where(rois.c.instance_pk.in_(chunk)))
+    for lv in reversed(LEVELS[level.depth:]):
+        for chunk in _chunks(ids[lv], 500):
+            conn.execute(delete(LEVEL_TABLES[lv]).where(LEVEL_TABLES[lv].c.id.in_(chunk)))
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _recount(conn: Connection, parents: dict[Level, set[int]]) -> None:
+    """Recompute derived counts of the given parents; drop the empty ones."""
+    for pk in parents.get(Level.SERIES, ()):
+        n = conn.execute(select(func.count()).where(instances.c.series_pk == pk)).scalar_one()
+        if n == 0:
+            conn.execute(delete(series).where(series.c.id == pk))
+        else:
+            conn.execute(update(series).where(series.c.id == pk).values(num_instances=n))
+    for pk in parents.get(Level.STUDY, ()):
+        ser = conn.execute(select(series.c.modality, series.c.num_instances)
+                           .where(series.c.study_pk == pk)).all()
+        if not ser:
+            conn.execute(delete(studies).where(studies.c.id == pk))
+            continue
+        mods = sorted({(m or "").strip() for m, _ in ser if m and m.strip()})
+        conn.execute(update(studies).where(studies.c.id == pk).values(
+            num_series=len(ser), num_instances=sum(n for _, n in ser),
+            modalities_in_study="\\".join(mods)))
+    for pk in parents.get(Level.PATIENT, ()):
+        st = conn.execute(select(studies.c.num_series, studies.c.num_instances)
+                          .where(studies.c.patient_pk == pk)).all()
+        if not st:
+            conn.execute(delete(patients).where(patients.c.id == pk))
+            continue
+        conn.execute(update(patients).where(patients.c.id == pk).values(
+            num_studies=len(st), num_series=sum(s for s, _ in st), num_instances=sum(i for _, i in st)))
+
+
+# --------------------------------------------------------------------------- misc
+def stats(conn: Connection) -> dict:
+    out = {
+        "patients": conn.execute(select(func.count()).select_from(patients)).scalar_one(),
+        "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),
+        "series": conn.execute(select(func.count()).select_from(series)).scalar_one(),
+        "instances": conn.execute(select(func.count()).select_from(instances)).scalar_one(),
+        "bytes": conn.execute(select(func.coalesce(func.sum(instances.c.file_size), 0))).scalar_one(),
+    }
+    mods = conn.execute(select(series.c.modality, func.count()).group_by(series.c.modality)).all()
+    out["series_by_modality"] = {(m or ""): n for m, n in mods}
+    return out
+
+
+def all_instance_files(conn: Connection):
+    """(pk, sop_uid, file_path, in_place, file_size) of every instance, streamed."""
+    q = select(instances.c.id, instances.c.sop_instance_uid, instances.c.file_path,
+               instances.c.in_place, instances.c.file_size)
+    return conn.execution_options(yield_per=2000).execute(q)
+
+
+def known_sop_uids(conn: Connection, uids: Iterable[str]) -> set[str]:
+    out: set[str] = set()
+    for chunk in _chunks(list(uids), 500):
+        out.update(conn.execute(select(instances.c.sop_instance_uid)
+                                .where(instances.c.sop_instance_uid.in_(chunk))).scalars())
+    return out
+
+
+__all__ = [
+    "InstanceRecord", "AddResult", "add_instance", "find", "iter_find", "count", "delete_object",
+    "delete_instance_pks", "instance_files", "stats", "all_instance_files", "known_sop_uids",
+    "build_conditions", "patient_key", "QueryError", "ATTRIBUTES", "Attribute",
+    "and_",
+]

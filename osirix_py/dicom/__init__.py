@@ -1,0 +1,1 @@
+"""DICOM knowledge: the attribute table, headers, pixels, geometry, statuses."""

@@ -1,0 +1,172 @@
+"""Reading a DICOM header into the values the archive indexes.
+
+``read_header(data)`` parses the bytes of a file (Part 10, or a raw dataset
+without the preamble as old modalities write) up to the pixel data, checks the
+identifying UIDs and returns a :class:`Header` with one value per attribute of
+the table, decoded with the file's (0008,0005) Specific Character Set.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+from .tags import ATTRIBUTES, Attribute
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+#: Attributes without which an instance cannot be placed in the hierarchy.
+REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+class DicomFileError(ValueError):
+    """A file that cannot be stored; ``reason`` says why in words."""
+
+    def __init__(self, reason: str, *, kind: str = "invalid"):
+        super().__init__(reason)
+        self.reason = reason
+        #: "not-dicom", "dicomdir", "invalid", "missing-attribute", "charset", "unreadable"
+        self.kind = kind
+
+
+@dataclass
+class Header:
+    """What the archive needs from one instance."""
+
+    values: dict[str, object]
+    transfer_syntax_uid: str
+    character_set: str | None
+    #: Part 10 bytes to store (the original bytes, or re-encoded when the
+    #: source lacked the file meta information).
+    data: bytes
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.values["SOPInstanceUID"]  # type: ignore[return-value]
+
+    @property
+    def study_instance_uid(self) -> str:
+        return self.values["StudyInstanceUID"]  # type: ignore[return-value]
+
+    @property
+    def series_instance_uid(self) -> str:
+        return self.values["SeriesInstanceUID"]  # type: ignore[return-value]
+
+
+def _value_for(ds: Dataset, a: Attribute, problems: list[str]):
+    elem = ds.get(a.tag)
+    if elem is None or elem.value is None or elem.value == "":
+        return None
+    v = elem.value
+    try:
+        if a.is_int:
+            if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+                v = v[0] if len(v) else None
+            return None if v is None or v == "" else int(v)
+        if a.is_person_name:
+            return str(v).strip()
+        if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+            return "\\".join(str(x) for x in v)
+        if isinstance(v, bytes):
+            return v.decode("latin-1").strip("\x00 ")
+        return str(v).strip()
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{a.tag_str} {a.keyword}: unreadable value {elem.repval} ({exc})")
+        return None
+
+
+def _is_probably_dicom(ds: Dataset) -> bool:
+    # force=True parses anything; a real dataset has at least one of the
+    # identifying UIDs.
+    return any(k in ds for k in REQUIRED)
+
+
+def _part10_bytes(ds: Dataset) -> bytes:
+    """Re-encode a dataset read without file meta as a Part 10 file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    little = getattr(ds, "is_little_endian", True)
+    implicit = getattr(ds, "is_implicit_VR", True)
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ) if little in (True, None) else "1.2.840.10008.1.2.2"
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def read_header(data: bytes, *, name: str = "<data>") -> Header:
+    """Parse *data* (a whole file's bytes) into a :class:`Header`.
+
+    Raises :class:`DicomFileError` with a reason that names what is wrong.
+    """
+    if len(data) < 8:
+        raise DicomFileError(f"{name}: not a DICOM file (only {len(data)} bytes)", kind="not-dicom")
+    has_prefix = len(data) >= 132 and data[128:132] == b"DICM"
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not has_prefix)
+            # Touch every indexed element now so that a truncated or corrupt
+            # header fails here, not later.
+            values = {a.keyword: _value_for(ds, a, problems) for a in ATTRIBUTES if not a.derived}
+        except InvalidDicomError as exc:
+            raise DicomFileError(f"{name}: not a DICOM file ({exc})", kind="not-dicom") from exc
+        except (EOFError, OSError, struct.error) as exc:
+            raise DicomFileError(f"{name}: truncated or corrupt DICOM header ({exc})") from exc
+        except (LookupError, UnicodeError) as exc:
+            raise DicomFileError(f"{name}: cannot decode text ({exc})", kind="charset") from exc
+        except Exception as exc:  # pydicom raises many kinds on garbage
+            if not has_prefix:
+                raise DicomFileError(f"{name}: not a DICOM file ({exc})", kind="not-dicom") from exc
+            raise DicomFileError(f"{name}: corrupt DICOM header ({exc.__class__.__name__}: {exc})") from exc
+    for w in caught:
+        msg = str(w.message)
+        if "character set" in msg.lower() or "charset" in msg.lower() or "encoding" in msg.lower():
+            problems.append(msg)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        raise DicomFileError(f"{name}: a DICOMDIR (media index), not an image; "
+                             "import the DICOMDIR itself to import the files it lists",
+                             kind="dicomdir")
+    if not has_prefix and not _is_probably_dicom(ds):
+        raise DicomFileError(f"{name}: not a DICOM file (no DICM prefix and no DICOM UIDs)",
+                             kind="not-dicom")
+    missing = [k for k in REQUIRED if not values.get(k)]
+    if missing:
+        raise DicomFileError(
+            f"{name}: missing required attribute(s) "
+            + ", ".join(f"{_tag_str(k)} {k}" for k in missing),
+            kind="missing-attribute",
+        )
+    ts = None
+    if meta is not None:
+        ts = meta.get("TransferSyntaxUID")
+    if not has_prefix or ts is None:
+        ds_full = pydicom.dcmread(io.BytesIO(data), force=True)
+        data = _part10_bytes(ds_full)
+        ts = ds_full.file_meta.TransferSyntaxUID
+    values["TransferSyntaxUID"] = str(ts)
+    charset = ds.get("SpecificCharacterSet")
+    if charset is not None:
+        charset = "\\".join(charset) if not isinstance(charset, str) else charset
+    return Header(values=values, transfer_syntax_uid=str(ts), character_set=charset,
+                  data=data, warnings=problems)
+
+
+def _tag_str(keyword: str) -> str:
+    t = tag_for_keyword(keyword) or 0
+    return f"({t >> 16:04X},{t & 0xFFFF:04X})"

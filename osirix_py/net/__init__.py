@@ -1,0 +1,1 @@
+"""pynetdicom adapters: the listener (SCP) and the client side (SCU)."""

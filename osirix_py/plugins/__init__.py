@@ -1,0 +1,1 @@
+"""Plugin discovery (entry points "osirix_py.plugins")."""

@@ -1,0 +1,1 @@
+"""VTK rendering (no Qt)."""

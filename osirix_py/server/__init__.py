@@ -1,0 +1,1 @@
+"""The runtime that osirix-py server and the GUI embed."""

@@ -1,0 +1,1 @@
+"""The application core: archive (store/import/find/delete), change feed, jobs."""

@@ -1,0 +1,578 @@
+"""The archive: store, import, find, delete and check -- the core every front end calls.
+
+``Archive(db, store)`` is built once per runtime (or per test, with a temp
+SQLite file and a :class:`~osirix_py.storage.MemoryStore`).  It is thread-safe:
+C-STORE handlers on many association threads, an import and a C-FIND can all
+use it at once.  Every database write goes through one
+:class:`~osirix_py.services.indexer.IndexWriter` (group commit).
+
+Durability: ``store_bytes`` returns only after the file is fsynced under its
+final name AND the row that indexes it is committed.  Ordering makes a crash
+at any moment recoverable by :meth:`Archive.check`: a file without a row is
+re-indexed; a row without a file is reported and removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import threading
+import time
+import zipfile
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+from sqlalchemy import select
+
+from ..db import repository as repo
+from ..db.engine import Database
+from ..db.schema import instances
+from ..dicom.header import MEDIA_STORAGE_DIRECTORY, DicomFileError, Header, read_header
+from ..dicom.tags import Level
+from ..storage.base import StorageError, StorageFullError, checksum, key_for_uid
+from .feed import ChangeEvent, ChangeFeed
+from .indexer import IndexWriter
+
+log = logging.getLogger(__name__)
+
+
+class ArchiveError(RuntimeError):
+    """An archive operation failed; the message is meant for the user."""
+
+
+@dataclass
+class StoreOutcome:
+    status: str  # "stored", "duplicate", "replaced"
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    file_path: str
+    size: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportFailure:
+    source: str
+    reason: str
+    kind: str = "invalid"
+
+
+@dataclass
+class ImportReport:
+    total: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    replaced: int = 0
+    skipped: int = 0  # not DICOM (or a DICOMDIR index file)
+    failed: int = 0
+    bytes: int = 0
+    cancelled: bool = False
+    seconds: float = 0.0
+    failures: list[ImportFailure] = field(default_factory=list)
+    skipped_files: list[ImportFailure] = field(default_factory=list)
+    studies: set[str] = field(default_factory=set)
+
+    @property
+    def done(self) -> int:
+        return self.imported + self.duplicates + self.replaced + self.skipped + self.failed
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        s = (f"{self.imported} imported, {self.duplicates} duplicate(s), "
+             f"{self.skipped} skipped (not DICOM), {self.failed} failed")
+        if self.replaced:
+            s += f", {self.replaced} replaced"
+        if self.cancelled:
+            s += " -- cancelled"
+        return s
+
+
+@dataclass
+class CheckReport:
+    rows_without_file: list[str] = field(default_factory=list)  # SOP UIDs removed
+    files_reindexed: list[str] = field(default_factory=list)  # store keys
+    files_unreadable: list[str] = field(default_factory=list)
+    temporary_removed: int = 0
+    rows_checked: int = 0
+    files_checked: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.rows_without_file or self.files_reindexed or self.files_unreadable)
+
+
+@dataclass
+class DeleteReport:
+    instances: int
+    files_removed: int
+    errors: list[str] = field(default_factory=list)
+
+
+ProgressFn = Callable[[ImportReport], None]
+
+
+class Archive:
+    def __init__(
+        self,
+        db: Database,
+        store,
+        *,
+        duplicate_policy: str = "keep",
+        feed: ChangeFeed | None = None,
+        durable: bool = True,
+    ):
+        if duplicate_policy not in ("keep", "replace"):
+            raise ValueError("duplicate_policy must be 'keep' or 'replace'")
+        self.db = db
+        self.store = store
+        self.duplicate_policy = duplicate_policy
+        self.feed = feed or ChangeFeed()
+        self.durable = durable
+        self.writer = IndexWriter(db)
+        self._closed = False
+        # Stores of one SOP Instance UID are serialised (striped locks), so that
+        # two associations sending the same instance at once cannot interleave
+        # the existence check, the file write and the index commit.
+        self._uid_locks = [threading.Lock() for _ in range(64)]
+
+    # ------------------------------------------------------------------ store
+    def store_bytes(
+        self,
+        data: bytes,
+        *,
+        origin: str,
+        name: str | None = None,
+        in_place_path: Path | None = None,
+        header: Header | None = None,
+    ) -> StoreOutcome:
+        """Store one instance given as the bytes of a DICOM file.
+
+        Raises :class:`DicomFileError` (bad data), :class:`StorageFullError`
+        (disk full: nothing partial is left) or :class:`StorageError`.
+        """
+        hdr = header or read_header(data, name=name or origin)
+        v = hdr.values
+        if v.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+            raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
+                                 kind="not-dicom")
+        sop = hdr.sop_instance_uid
+        with self._uid_locks[hash(sop) % len(self._uid_locks)]:
+            return self._store_locked(hdr, origin, in_place_path, data)
+
+    def _store_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
+                      data: bytes) -> StoreOutcome:
+        v = hdr.values
+        sop = hdr.sop_instance_uid
+        replace = self.duplicate_policy == "replace"
+        if not replace:
+            existing = self._existing(sop)
+            if existing is not None:
+                return StoreOutcome("duplicate", sop, hdr.study_instance_uid, hdr.series_instance_uid,
+                                    str(v["SOPClassUID"]), existing, 0, hdr.warnings)
+        if in_place_path is not None:
+            file_path, in_place = str(Path(in_place_path).resolve()), True
+            size = len(data)
+            digest = checksum(data)
+        else:
+            file_path, in_place = key_for_uid(sop), False
+            self.store.put(file_path, hdr.data, durable=self.durable)
+            size = len(hdr.data)
+            digest = checksum(hdr.data)
+        rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
+                                  checksum=digest, origin=origin, character_set=hdr.character_set)
+        try:
+            res = self.writer.run(lambda conn: repo.add_instance(conn, rec, replace=replace))
+        except Exception:
+            # The row did not commit: the file must not stay behind.
+            if not in_place and not replace:
+                self._delete_file_quietly(file_path)
+            raise
+        if res.status == "duplicate":
+            # Lost a race with another association storing the same instance.
+            winner = self._existing(sop)
+            if not in_place and winner != file_path:
+                self._delete_file_quietly(file_path)
+            return StoreOutcome("duplicate", sop, hdr.study_instance_uid, hdr.series_instance_uid,
+                                str(v["SOPClassUID"]), winner or file_path, 0, hdr.warnings)
+        if res.status == "replaced" and res.old_file_path and not res.old_in_place:
+            self._delete_file_quietly(res.old_file_path)
+        self._publish(res, hdr)
+        return StoreOutcome(res.status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
+                            str(v["SOPClassUID"]), file_path, size, hdr.warnings)
+
+    def store_file(self, path: Path, *, origin: str | None = None, in_place: bool = False) -> StoreOutcome:
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise DicomFileError(f"{p}: cannot read ({exc.strerror})", kind="unreadable") from exc
+        return self.store_bytes(data, origin=origin or f"path:{p}", name=str(p),
+                                in_place_path=p if in_place else None)
+
+    def _existing(self, sop: str) -> str | None:
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(instances.c.file_path)
+                                .where(instances.c.sop_instance_uid == sop)).scalar()
+
+    def _delete_file_quietly(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", key, exc)
+
+    def _publish(self, res: repo.AddResult, hdr: Header) -> None:
+        v = hdr.values
+        st, se = hdr.study_instance_uid, hdr.series_instance_uid
+        if res.new_patient:
+            self.feed.publish(ChangeEvent("new-patient", "PATIENT", str(v.get("PatientID") or ""),
+                                          study_uid=st, info={"PatientName": v.get("PatientName")}))
+        if res.new_study:
+            self.feed.publish(ChangeEvent("new-study", "STUDY", st, study_uid=st))
+        if res.new_series:
+            self.feed.publish(ChangeEvent("new-series", "SERIES", se, study_uid=st, series_uid=se,
+                                          info={"Modality": v.get("Modality")}))
+        kind = "replaced-instance" if res.status == "replaced" else "new-instance"
+        self.feed.publish(ChangeEvent(kind, "IMAGE", hdr.sop_instance_uid, study_uid=st, series_uid=se))
+
+    # ----------------------------------------------------------------- import
+    def import_paths(
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        in_place: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        workers: int | None = None,
+    ) -> ImportReport:
+        """Import files, folders (recursively), ZIP archives and DICOMDIRs.
+
+        Non-DICOM files are skipped; malformed ones are reported with their
+        reason; neither stops the batch.  *progress* is called (from worker
+        threads, at most ~20 times a second plus once at the end) with the
+        running report; setting *cancel* stops the import after the files in
+        flight.
+        """
+        report = ImportReport()
+        start = time.perf_counter()
+        sources, listing_failures = self._expand(paths, in_place)
+        report.total = len(sources) + len(listing_failures)
+        for f in listing_failures:
+            report.failed += 1
+            report.failures.append(f)
+        lock = threading.Lock()
+        last_progress = [0.0]
+        nworkers = workers or min(8, (os.cpu_count() or 2) * 2)
+
+        def one(src: "_Source") -> None:
+            try:
+                data = src.read()
+                out = self.store_bytes(data, origin=f"path:{src.label}", name=src.label,
+                                       in_place_path=src.path if (in_place and src.path) else None)
+            except DicomFileError as exc:
+                with lock:
+                    if exc.kind in ("not-dicom", "dicomdir"):
+                        report.skipped += 1
+                        report.skipped_files.append(ImportFailure(src.label, exc.reason, exc.kind))
+                    else:
+                        report.failed += 1
+                        report.failures.append(ImportFailure(src.label, exc.reason, exc.kind))
+            except StorageFullError as exc:
+                with lock:
+                    report.failed += 1
+                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc.strerror or exc}",
+                                                         "disk-full"))
+            except (StorageError, OSError) as exc:
+                with lock:
+                    report.failed += 1
+                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc}", "io"))
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
+                log.exception("unexpected error importing %s", src.label)
+                with lock:
+                    report.failed += 1
+                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc.__class__.__name__}: {exc}"))
+            else:
+                with lock:
+                    if out.status == "stored":
+                        report.imported += 1
+                        report.bytes += out.size
+                        report.studies.add(out.study_instance_uid)
+                    elif out.status == "replaced":
+                        report.replaced += 1
+                        report.studies.add(out.study_instance_uid)
+                    else:
+                        report.duplicates += 1
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_progress[0] >= 0.05:
+                    last_progress[0] = now
+                    report.seconds = now - start
+                    progress(report)
+
+        # Bounded in-flight work keeps memory flat however many files come.
+        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="import") as pool:
+            inflight: set[Future] = set()
+            for src in sources:
+                if cancel is not None and cancel.is_set():
+                    report.cancelled = True
+                    break
+                if len(inflight) >= nworkers * 2:
+                    done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                inflight.add(pool.submit(one, src))
+            wait(inflight)
+        if cancel is not None and cancel.is_set():
+            report.cancelled = True
+        report.seconds = time.perf_counter() - start
+        if progress is not None:
+            progress(report)
+        return report
+
+    def _expand(self, paths, in_place: bool) -> tuple[list["_Source"], list[ImportFailure]]:
+        out: list[_Source] = []
+        failures: list[ImportFailure] = []
+        for raw in paths:
+            p = Path(raw)
+            if not p.exists():
+                failures.append(ImportFailure(str(p), f"{p}: no such file or folder", "unreadable"))
+            elif p.is_dir():
+                def onerror(exc: OSError, _p=p):
+                    failures.append(ImportFailure(str(exc.filename),
+                                                  f"{exc.filename}: cannot read folder ({exc.strerror})",
+                                                  "unreadable"))
+                for dirpath, dirnames, filenames in os.walk(p, onerror=onerror):
+                    dirnames.sort()
+                    for fn in sorted(filenames):
+                        fp = Path(dirpath) / fn
+                        if fn.upper() == "DICOMDIR":
+                            continue  # its referenced files are in this tree anyway
+                        out.extend(self._sources_for_file(fp, failures))
+            else:
+                if p.name.upper() == "DICOMDIR":
+                    out.extend(_dicomdir_sources(p, failures))
+                else:
+                    out.extend(self._sources_for_file(p, failures))
+        return out, failures
+
+    def _sources_for_file(self, fp: Path, failures: list[ImportFailure]) -> list["_Source"]:
+        if fp.suffix.lower() == ".zip" or (fp.suffix == "" and _is_zip(fp)):
+            try:
+                zf = zipfile.ZipFile(fp)
+                names = [i for i in zf.infolist() if not i.is_dir()]
+            except (zipfile.BadZipFile, OSError) as exc:
+                failures.append(ImportFailure(str(fp), f"{fp}: unreadable ZIP archive ({exc})"))
+                return []
+            return [_Source(label=f"{fp}!{i.filename}", zip_path=fp, member=i.filename) for i in names
+                    if Path(i.filename).name.upper() != "DICOMDIR"]
+        return [_Source(label=str(fp), path=fp)]
+
+    # ------------------------------------------------------------------ query
+    def find(self, level: Level | str, query: Mapping[str, object] | None = None, *,
+             limit: int | None = None, offset: int = 0, fuzzy_names: bool = True) -> list[dict]:
+        lv = Level.parse(level) if isinstance(level, str) else level
+        with self.db.engine.connect() as conn:
+            return repo.find(conn, lv, query or {}, limit=limit, offset=offset, fuzzy_names=fuzzy_names)
+
+    def iter_find(self, level: Level | str, query: Mapping[str, object] | None = None, *,
+                  fuzzy_names: bool = True) -> Iterator[dict]:
+        lv = Level.parse(level) if isinstance(level, str) else level
+        with self.db.engine.connect() as conn:
+            yield from repo.iter_find(conn, lv, query or {}, fuzzy_names=fuzzy_names)
+
+    def count(self, level: Level | str, query: Mapping[str, object] | None = None) -> int:
+        lv = Level.parse(level) if isinstance(level, str) else level
+        with self.db.engine.connect() as conn:
+            return repo.count(conn, lv, query or {})
+
+    def stats(self) -> dict:
+        with self.db.engine.connect() as conn:
+            s = repo.stats(conn)
+        s["free_bytes"] = self.store.free_bytes()
+        return s
+
+    def instance_file(self, row: Mapping) -> Path | None:
+        """Filesystem path of an IMAGE-level row from :meth:`find` (None for memory stores)."""
+        fp = row["_file_path"]
+        if row.get("_in_place"):
+            return Path(fp)
+        return self.store.path(fp)
+
+    def read_instance(self, row: Mapping) -> bytes:
+        """The bytes of an IMAGE-level row's file."""
+        fp = row["_file_path"]
+        if row.get("_in_place"):
+            return Path(fp).read_bytes()
+        return self.store.get(fp)
+
+    # ----------------------------------------------------------------- delete
+    def delete(self, level: Level | str, uid: str) -> DeleteReport:
+        """Delete a patient (by Patient ID), study, series or instance.
+
+        Files go first, then rows: a crash in between leaves rows without
+        files, which the startup check removes (the other order would let the
+        check resurrect deleted images).  Files imported in place are never
+        deleted from their original location.
+        """
+        lv = Level.parse(level) if isinstance(level, str) else level
+        with self.db.engine.connect() as conn:
+            files = repo.instance_files(conn, lv, uid)
+        if not files:
+            raise ArchiveError(f"no {lv.cli_name} with UID {uid} in the database")
+        errors = []
+        removed = 0
+        for fp, in_place in files:
+            if in_place:
+                continue
+            try:
+                self.store.delete(fp)
+                removed += 1
+            except OSError as exc:
+                errors.append(f"{fp}: {exc}")
+        n, _ = self.writer.run(lambda conn: repo.delete_object(conn, lv, uid))
+        self.feed.publish(ChangeEvent("deleted", lv.value, uid))
+        return DeleteReport(instances=n, files_removed=removed, errors=errors)
+
+    # ------------------------------------------------------------------ check
+    def check(self, *, repair: bool = True, progress: Callable[[str], None] | None = None) -> CheckReport:
+        """Make database and store agree after a crash.
+
+        Files without rows are re-indexed; rows whose file is missing are
+        reported and (with *repair*) removed; leftover temporary files of
+        interrupted writes are deleted.
+        """
+        rep = CheckReport()
+        rep.temporary_removed = len(self.store.clean_temporary()) if repair else 0
+        known_keys: set[str] = set()
+        missing_pks: list[int] = []
+        with self.db.engine.connect() as conn:
+            for pk, sop, fp, in_place, size in repo.all_instance_files(conn):
+                rep.rows_checked += 1
+                if in_place:
+                    ok = Path(fp).is_file()
+                else:
+                    known_keys.add(fp)
+                    try:
+                        ok = self.store.size(fp) == size
+                    except (FileNotFoundError, OSError):
+                        ok = False
+                    if not ok and self.store.exists(fp):
+                        # A replace interrupted between rename and commit:
+                        # the file is the newer one; re-index it below.
+                        known_keys.discard(fp)
+                        missing_pks.append(pk)
+                        continue
+                if not ok:
+                    rep.rows_without_file.append(sop)
+                    missing_pks.append(pk)
+        if repair and missing_pks:
+            self.writer.run(lambda conn: repo.delete_instance_pks(conn, missing_pks))
+        for key in self.store.keys():
+            rep.files_checked += 1
+            if key in known_keys:
+                continue
+            if not repair:
+                rep.files_reindexed.append(key)
+                continue
+            try:
+                data = self.store.get(key)
+                hdr = read_header(data, name=key)
+                rec = repo.InstanceRecord(values=hdr.values, file_path=key, in_place=False,
+                                          file_size=len(data), checksum=checksum(data),
+                                          origin="check:reindexed", character_set=hdr.character_set)
+                res = self.writer.run(lambda conn, rec=rec: repo.add_instance(conn, rec, replace=True))
+                rep.files_reindexed.append(key)
+                self._publish(res, hdr)
+            except (DicomFileError, OSError) as exc:
+                rep.files_unreadable.append(f"{key}: {exc}")
+        if rep.rows_without_file:
+            log.warning("startup check: %d row(s) without file removed", len(rep.rows_without_file))
+        if rep.files_reindexed:
+            log.warning("startup check: %d file(s) without row re-indexed", len(rep.files_reindexed))
+        return rep
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.writer.close()
+            self.feed.close()
+
+
+# ---------------------------------------------------------------------- sources
+@dataclass
+class _Source:
+    label: str
+    path: Path | None = None
+    zip_path: Path | None = None
+    member: str | None = None
+
+    def read(self) -> bytes:
+        if self.path is not None:
+            try:
+                return self.path.read_bytes()
+            except OSError as exc:
+                raise DicomFileError(f"{self.label}: cannot read ({exc.strerror})", kind="unreadable") from exc
+        try:
+            with zipfile.ZipFile(self.zip_path) as zf:
+                return zf.read(self.member)
+        except (zipfile.BadZipFile, OSError, KeyError, RuntimeError) as exc:
+            raise DicomFileError(f"{self.label}: cannot extract ({exc})", kind="unreadable") from exc
+
+
+def _is_zip(fp: Path) -> bool:
+    try:
+        with open(fp, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _dicomdir_sources(p: Path, failures: list[ImportFailure]) -> list[_Source]:
+    """The image files a DICOMDIR references (ReferencedFileID, relative to it)."""
+    import pydicom
+
+    try:
+        dd = pydicom.dcmread(p)
+        records = dd.DirectoryRecordSequence
+    except Exception as exc:  # noqa: BLE001
+        failures.append(ImportFailure(str(p), f"{p}: unreadable DICOMDIR ({exc})"))
+        return []
+    out = []
+    root = p.parent
+    for rec in records:
+        ref = rec.get("ReferencedFileID")
+        if not ref:
+            continue
+        parts = [ref] if isinstance(ref, str) else list(ref)
+        if any(x in ("..", "") or "/" in x or "\\" in x for x in parts):
+            failures.append(ImportFailure(str(p), f"{p}: unsafe file reference {parts!r} ignored"))
+            continue
+        fp = root.joinpath(*parts)
+        if not fp.exists():
+            # Media written on Windows/CD often differ in case.
+            alt = _case_insensitive(root, parts)
+            fp = alt or fp
+        out.append(_Source(label=str(fp), path=fp))
+    return out
+
+
+def _case_insensitive(root: Path, parts: list[str]) -> Path | None:
+    cur = root
+    for part in parts:
+        try:
+            match = next((e for e in cur.iterdir() if e.name.upper() == part.upper()), None)
+        except OSError:
+            return None
+        if match is None:
+            return None
+        cur = match
+    return cur
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)

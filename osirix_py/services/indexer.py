@@ -1,0 +1,119 @@
+"""The index writer: one thread that owns every write to the database.
+
+Callers (C-STORE handlers on their association threads, import workers,
+deletes) submit a function of a ``Connection``; the writer runs whatever is
+queued in ONE transaction and commits once (group commit), then resolves each
+caller's future.  A C-STORE handler waits on its future, so the success status
+goes out only after the commit that holds its row is durable.
+
+If a batch fails, it is rolled back and each operation is re-run in its own
+transaction, so one bad operation never costs the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
+
+from ..db.engine import Database
+
+log = logging.getLogger(__name__)
+
+Op = Callable[[Connection], object]
+
+
+class WriterClosed(RuntimeError):
+    pass
+
+
+class IndexWriter:
+    def __init__(self, db: Database, *, max_batch: int = 256):
+        self.db = db
+        self.max_batch = max_batch
+        self._q: queue.Queue[tuple[Op, Future] | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._thread.start()
+        self.commits = 0
+        self.ops = 0
+
+    def submit(self, op: Op) -> Future:
+        if self._closed:
+            raise WriterClosed("the archive is shutting down")
+        fut: Future = Future()
+        self._q.put((op, fut))
+        return fut
+
+    def run(self, op: Op, timeout: float | None = None):
+        """Submit *op* and wait for its committed result (re-raises its error)."""
+        return self.submit(op).result(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            self._execute(batch)
+
+    def _execute(self, batch: list[tuple[Op, Future]]) -> None:
+        live = [(op, f) for op, f in batch if f.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self._with_retry(lambda conn: [op(conn) for op, _ in live])
+        except Exception as exc:
+            if len(live) == 1:
+                live[0][1].set_exception(exc)
+                return
+            log.debug("batch of %d failed (%s); retrying one by one", len(live), exc)
+            for op, fut in live:
+                try:
+                    fut.set_result(self._with_retry(op))
+                except Exception as e:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(e)
+            return
+        for (_, fut), res in zip(live, results):
+            fut.set_result(res)
+
+    def _with_retry(self, fn: Op, attempts: int = 20):
+        delay = 0.05
+        for i in range(attempts):
+            try:
+                with self.db.engine.begin() as conn:
+                    out = fn(conn)
+                self.commits += 1
+                self.ops += 1
+                return out
+            except OperationalError as exc:
+                # Another process (a CLI import beside the server) holds the
+                # SQLite write lock past busy_timeout: wait and try again.
+                if "locked" not in str(exc).lower() or i == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise RuntimeError("unreachable")

@@ -1,0 +1,161 @@
+"""Filesystem store: sharded folders, atomic writes (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from .base import StorageError, StorageFullError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # Windows: directories cannot be opened; rename is durable enough there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """Files under *root* in 256 x 256 shard folders.
+
+    ``put`` writes ``<key>.<random>.tmp`` in the target folder, fsyncs it,
+    renames it over the final name and fsyncs the folder: a crash leaves either
+    the old file, the new file, or a stray ``.tmp`` that ``clean_temporary``
+    removes -- never a partial file under a real name.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage folder {self.root}: {exc.strerror}") from exc
+        self._made_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.root)!r})"
+
+    # -- helpers --------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def _ensure_dir(self, d: Path) -> None:
+        s = str(d)
+        if s in self._made_dirs:
+            return
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._raise(exc, d)
+        with self._lock:
+            self._made_dirs.add(s)
+
+    @staticmethod
+    def _raise(exc: OSError, where: Path):
+        if exc.errno in _FULL:
+            raise StorageFullError(exc.errno, f"disk full while writing {where}") from exc
+        raise StorageError(exc.errno, f"cannot write {where}: {exc.strerror}") from exc
+
+    # -- protocol -------------------------------------------------------------
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        final = self.path(key)
+        self._ensure_dir(final.parent)
+        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._raise(exc, final)
+        if durable:
+            _fsync_dir(final.parent)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot read {self.path(key)}: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (shard folders only; temp files excluded)."""
+        if not self.root.is_dir():
+            return
+        for a in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not (a.is_dir() and len(a.name) == 2):
+                continue
+            for b in sorted(os.scandir(a.path), key=lambda e: e.name):
+                if not (b.is_dir() and len(b.name) == 2):
+                    continue
+                for f in os.scandir(b.path):
+                    if f.is_file() and f.name.endswith(".dcm"):
+                        yield f"{a.name}/{b.name}/{f.name}"
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove ``.tmp`` leftovers of interrupted writes; returns them."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if f.endswith(_TMP_SUFFIX):
+                    p = Path(dirpath) / f
+                    try:
+                        p.unlink()
+                        removed.append(p)
+                    except OSError:
+                        pass
+        return removed
+
+    def sync(self) -> None:
+        """Flush everything this filesystem has buffered (batch durability)."""
+        if hasattr(os, "sync"):
+            os.sync()
+
+    def free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return None
