@@ -48,7 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--server-mode", action="store_true",
                    help="GUI: start hidden in server mode (no dialogs)")
+    # The global options are accepted after the command too
+    # (`osirix-py import -q DIR`); SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("import", help="import files, folders, ZIP archives and DICOMDIRs")
     s.add_argument("paths", nargs="+", metavar="PATH")
@@ -204,10 +217,13 @@ def cmd_import(args, settings: Settings) -> int:
             "files_per_second": round(report.rate, 1), "studies": sorted(report.studies),
             "failures": [{"file": f.source, "reason": f.reason} for f in report.failures],
             "skipped_files": [{"file": f.source, "reason": f.reason} for f in report.skipped_files],
+            "warnings": [{"file": f.source, "reason": f.reason} for f in report.warnings],
         })
     else:
         for f in report.failures:
             print(f"failed: {f.reason}", file=sys.stderr)
+        for f in report.warnings:
+            print(f"warning: {f.reason}", file=sys.stderr)
         if args.verbose:
             for f in report.skipped_files:
                 print(f"skipped: {f.reason}", file=sys.stderr)

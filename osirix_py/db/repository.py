@@ -421,9 +421,149 @@ def known_sop_uids(conn: Connection, uids: Iterable[str]) -> set[str]:
     return out
 
 
-__all__ = [
-    "InstanceRecord", "AddResult", "add_instance", "find", "iter_find", "count", "delete_object",
-    "delete_instance_pks", "instance_files", "stats", "all_instance_files", "known_sop_uids",
-    "build_conditions", "patient_key", "QueryError", "ATTRIBUTES", "Attribute",
-    "and_",
-]
+
+
+def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool = False) -> list[AddResult]:
+    """:func:`add_instance` for many records at once (the index writer's group commit).
+
+    New instances of known or new patients/studies/series are resolved with one
+    query per level, inserted with one multi-row INSERT, and the derived counts
+    are updated once per touched series/study/patient.  Records that are
+    already known (or repeated within *recs*) take the one-by-one path.
+    """
+    if not recs:
+        return []
+    sops = [str(r.values["SOPInstanceUID"]) for r in recs]
+    known = known_sop_uids(conn, sops)
+    seen: set[str] = set()
+    results: list[AddResult | None] = [None] * len(recs)
+    fresh: list[int] = []
+    for i, sop in enumerate(sops):
+        if sop in known or sop in seen:
+            results[i] = add_instance(conn, recs[i], replace=replace)
+        else:
+            seen.add(sop)
+            fresh.append(i)
+    if not fresh:
+        return results  # type: ignore[return-value]
+    now = _now()
+
+    def resolve(table, key_col, keys: dict[str, int], make_row) -> tuple[dict[str, int], set[str]]:
+        pks: dict[str, int] = {}
+        for chunk in _chunks(list(keys), 500):
+            for k, pk in conn.execute(select(key_col, table.c.id).where(key_col.in_(chunk))):
+                pks[k] = pk
+        created = set()
+        for k, i in keys.items():
+            if k not in pks:
+                pks[k] = conn.execute(table.insert().values(**make_row(i))).inserted_primary_key[0]
+                created.add(k)
+        return pks, created
+
+    # Patients
+    pkeys: dict[str, int] = {}
+    for i in fresh:
+        pkeys.setdefault(patient_key(recs[i].values), i)
+
+    def patient_row(i):
+        row = _row_values(Level.PATIENT, recs[i].values)
+        row.update(patient_key=patient_key(recs[i].values), character_set=recs[i].character_set)
+        return row
+
+    patient_pks, new_patients = resolve(patients, patients.c.patient_key, pkeys, patient_row)
+
+    # Studies (an existing study keeps the patient it was filed under)
+    skeys: dict[str, int] = {}
+    for i in fresh:
+        skeys.setdefault(str(recs[i].values["StudyInstanceUID"]), i)
+
+    def study_row(i):
+        row = _row_values(Level.STUDY, recs[i].values)
+        row.update(patient_pk=patient_pks[patient_key(recs[i].values)],
+                   character_set=recs[i].character_set, updated_at=now,
+                   modalities_in_study="", num_series=0, num_instances=0)
+        return row
+
+    study_pks, new_studies = resolve(studies, studies.c.study_instance_uid, skeys, study_row)
+    study_patient = dict(conn.execute(select(studies.c.id, studies.c.patient_pk)
+                                      .where(studies.c.id.in_(list(study_pks.values())))).all())
+
+    # Series
+    sekeys: dict[str, int] = {}
+    for i in fresh:
+        sekeys.setdefault(str(recs[i].values["SeriesInstanceUID"]), i)
+
+    def series_row(i):
+        row = _row_values(Level.SERIES, recs[i].values)
+        row.update(study_pk=study_pks[str(recs[i].values["StudyInstanceUID"])], num_instances=0)
+        return row
+
+    series_pks, new_series = resolve(series, series.c.series_instance_uid, sekeys, series_row)
+    series_study = dict(conn.execute(select(series.c.id, series.c.study_pk)
+                                     .where(series.c.id.in_(list(series_pks.values())))).all())
+
+    # Instances, one multi-row INSERT
+    rows = []
+    per_series: dict[int, int] = {}
+    for i in fresh:
+        rec = recs[i]
+        se_pk = series_pks[str(rec.values["SeriesInstanceUID"])]
+        row = _row_values(Level.IMAGE, rec.values)
+        row.update(series_pk=se_pk, file_path=rec.file_path, in_place=rec.in_place,
+                   file_size=rec.file_size, checksum=rec.checksum,
+                   received_at=rec.received_at or now, origin=rec.origin)
+        rows.append(row)
+        per_series[se_pk] = per_series.get(se_pk, 0) + 1
+    conn.execute(instances.insert(), rows)
+
+    # Derived counts, once per touched object
+    per_study: dict[int, list[int]] = {}  # study pk -> [instances, new series]
+    new_mods: dict[int, set[str]] = {}
+    for se_uid, se_pk in series_pks.items():
+        n = per_series.get(se_pk, 0)
+        conn.execute(update(series).where(series.c.id == se_pk)
+                     .values(num_instances=series.c.num_instances + n))
+        st_pk = series_study[se_pk]
+        acc = per_study.setdefault(st_pk, [0, 0])
+        acc[0] += n
+        if se_uid in new_series:
+            acc[1] += 1
+            mod = str(recs[sekeys[se_uid]].values.get("Modality") or "").strip()
+            if mod:
+                new_mods.setdefault(st_pk, set()).add(mod)
+    per_patient: dict[int, list[int]] = {}  # patient pk -> [instances, new series, new studies]
+    new_study_pks = {study_pks[u] for u in new_studies}
+    for st_pk, (n, nser) in per_study.items():
+        vals = {"num_instances": studies.c.num_instances + n, "updated_at": now}
+        if nser:
+            vals["num_series"] = studies.c.num_series + nser
+        if st_pk in new_mods:
+            current = conn.execute(select(studies.c.modalities_in_study)
+                                   .where(studies.c.id == st_pk)).scalar_one() or ""
+            mods = {m for m in current.split("\\") if m} | new_mods[st_pk]
+            vals["modalities_in_study"] = "\\".join(sorted(mods))
+        conn.execute(update(studies).where(studies.c.id == st_pk).values(**vals))
+        acc = per_patient.setdefault(study_patient[st_pk], [0, 0, 0])
+        acc[0] += n
+        acc[1] += nser
+        acc[2] += 1 if st_pk in new_study_pks else 0
+    for pa_pk, (n, nser, nst) in per_patient.items():
+        conn.execute(update(patients).where(patients.c.id == pa_pk).values(
+            num_instances=patients.c.num_instances + n, num_series=patients.c.num_series + nser,
+            num_studies=patients.c.num_studies + nst))
+
+    # Per-record results; "new" flags go to the first record of each object.
+    flagged_p: set[str] = set()
+    flagged_st: set[str] = set()
+    flagged_se: set[str] = set()
+    for i in fresh:
+        v = recs[i].values
+        pk_, st, se = patient_key(v), str(v["StudyInstanceUID"]), str(v["SeriesInstanceUID"])
+        np_ = pk_ in new_patients and pk_ not in flagged_p
+        nst = st in new_studies and st not in flagged_st
+        nse = se in new_series and se not in flagged_se
+        flagged_p.add(pk_)
+        flagged_st.add(st)
+        flagged_se.add(se)
+        results[i] = AddResult("stored", 0, np_, nst, nse, study_uid=st, series_uid=se)
+    return results  # type: ignore[return-value]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from dataclasses import dataclass, field
 
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -116,27 +116,21 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
         raise DicomFileError(f"{name}: not a DICOM file (only {len(data)} bytes)", kind="not-dicom")
     has_prefix = len(data) >= 132 and data[128:132] == b"DICM"
     problems: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not has_prefix)
-            # Touch every indexed element now so that a truncated or corrupt
-            # header fails here, not later.
-            values = {a.keyword: _value_for(ds, a, problems) for a in ATTRIBUTES if not a.derived}
-        except InvalidDicomError as exc:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not has_prefix)
+        # Touch every indexed element now so that a truncated or corrupt
+        # header fails here, not later.
+        values = {a.keyword: _value_for(ds, a, problems) for a in ATTRIBUTES if not a.derived}
+    except InvalidDicomError as exc:
+        raise DicomFileError(f"{name}: not a DICOM file ({exc})", kind="not-dicom") from exc
+    except (EOFError, OSError, struct.error) as exc:
+        raise DicomFileError(f"{name}: truncated or corrupt DICOM header ({exc})") from exc
+    except (LookupError, UnicodeError) as exc:
+        raise DicomFileError(f"{name}: cannot decode text ({exc})", kind="charset") from exc
+    except Exception as exc:  # pydicom raises many kinds on garbage
+        if not has_prefix:
             raise DicomFileError(f"{name}: not a DICOM file ({exc})", kind="not-dicom") from exc
-        except (EOFError, OSError, struct.error) as exc:
-            raise DicomFileError(f"{name}: truncated or corrupt DICOM header ({exc})") from exc
-        except (LookupError, UnicodeError) as exc:
-            raise DicomFileError(f"{name}: cannot decode text ({exc})", kind="charset") from exc
-        except Exception as exc:  # pydicom raises many kinds on garbage
-            if not has_prefix:
-                raise DicomFileError(f"{name}: not a DICOM file ({exc})", kind="not-dicom") from exc
-            raise DicomFileError(f"{name}: corrupt DICOM header ({exc.__class__.__name__}: {exc})") from exc
-    for w in caught:
-        msg = str(w.message)
-        if "character set" in msg.lower() or "charset" in msg.lower() or "encoding" in msg.lower():
-            problems.append(msg)
+        raise DicomFileError(f"{name}: corrupt DICOM header ({exc.__class__.__name__}: {exc})") from exc
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
         raise DicomFileError(f"{name}: a DICOMDIR (media index), not an image; "
@@ -162,7 +156,12 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
     values["TransferSyntaxUID"] = str(ts)
     charset = ds.get("SpecificCharacterSet")
     if charset is not None:
-        charset = "\\".join(charset) if not isinstance(charset, str) else charset
+        terms = [charset] if isinstance(charset, str) else list(charset)
+        unknown = [t for t in terms if t and t.strip() not in python_encoding]
+        if unknown:
+            problems.append(f"{name}: unknown (0008,0005) Specific Character Set "
+                            f"{', '.join(map(repr, unknown))}; text decoded as ASCII/Latin-1")
+        charset = "\\".join(terms)
     return Header(values=values, transfer_syntax_uid=str(ts), character_set=charset,
                   data=data, warnings=problems)
 

@@ -39,6 +39,10 @@ from .indexer import IndexWriter
 log = logging.getLogger(__name__)
 
 
+#: Imported files whose index commit may be outstanding at once.
+PENDING_COMMITS = 1024
+
+
 class ArchiveError(RuntimeError):
     """An archive operation failed; the message is meant for the user."""
 
@@ -75,6 +79,8 @@ class ImportReport:
     seconds: float = 0.0
     failures: list[ImportFailure] = field(default_factory=list)
     skipped_files: list[ImportFailure] = field(default_factory=list)
+    #: Stored, but with something the user should know (unknown character set).
+    warnings: list[ImportFailure] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
 
     @property
@@ -136,8 +142,9 @@ class Archive:
         self.duplicate_policy = duplicate_policy
         self.feed = feed or ChangeFeed()
         self.durable = durable
-        self.writer = IndexWriter(db)
+        self.writer = IndexWriter(db, sync_files=store.sync)
         self._closed = False
+        self._pending: dict[str, Future] = {}
         # Stores of one SOP Instance UID are serialised (striped locks), so that
         # two associations sending the same instance at once cannot interleave
         # the existence check, the file write and the index commit.
@@ -152,11 +159,31 @@ class Archive:
         name: str | None = None,
         in_place_path: Path | None = None,
         header: Header | None = None,
+        timeout: float | None = None,
     ) -> StoreOutcome:
-        """Store one instance given as the bytes of a DICOM file.
+        """Store one instance given as the bytes of a DICOM file; wait until durable.
 
+        Returns once the file is on disk (synced) and its row is committed.
         Raises :class:`DicomFileError` (bad data), :class:`StorageFullError`
         (disk full: nothing partial is left) or :class:`StorageError`.
+        """
+        return self.submit_bytes(data, origin=origin, name=name, in_place_path=in_place_path,
+                                 header=header).result(timeout)
+
+    def submit_bytes(
+        self,
+        data: bytes,
+        *,
+        origin: str,
+        name: str | None = None,
+        in_place_path: Path | None = None,
+        header: Header | None = None,
+    ) -> Future:
+        """Like :meth:`store_bytes` but returns a ``Future[StoreOutcome]`` at once.
+
+        Header errors and storage errors of the file write are raised here,
+        synchronously; the future completes when the index commit (group
+        commit, preceded by one file-system sync for the whole batch) is done.
         """
         hdr = header or read_header(data, name=name or origin)
         v = hdr.values
@@ -164,49 +191,83 @@ class Archive:
             raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
                                  kind="not-dicom")
         sop = hdr.sop_instance_uid
-        with self._uid_locks[hash(sop) % len(self._uid_locks)]:
-            return self._store_locked(hdr, origin, in_place_path, data)
+        lock = self._uid_locks[hash(sop) % len(self._uid_locks)]
+        while True:
+            with lock:
+                pending = self._pending.get(sop)
+                if pending is None:
+                    fut = self._submit_locked(hdr, origin, in_place_path, data)
+                    if not fut.done():
+                        self._pending[sop] = fut
+                        fut.add_done_callback(lambda f, sop=sop: self._pending.pop(sop, None))
+                    return fut
+            # The same instance is being stored right now (two associations,
+            # or twice in one import): wait for it, then decide again.
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - its own caller reports it
+                pass
 
-    def _store_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
-                      data: bytes) -> StoreOutcome:
+    def _submit_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
+                       data: bytes) -> Future:
         v = hdr.values
         sop = hdr.sop_instance_uid
         replace = self.duplicate_policy == "replace"
-        if not replace:
+        out: Future = Future()
+        out.set_running_or_notify_cancel()
+
+        def outcome(status: str, path: str, size: int) -> StoreOutcome:
+            return StoreOutcome(status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
+                                str(v["SOPClassUID"]), path, size, hdr.warnings)
+
+        if not replace and (in_place_path is not None or self.store.exists(key_for_uid(sop))):
+            # (A stat of the sharded key answers "new instance" without a
+            # query; in-place rows have no key, so ask the index for those.)
             existing = self._existing(sop)
             if existing is not None:
-                return StoreOutcome("duplicate", sop, hdr.study_instance_uid, hdr.series_instance_uid,
-                                    str(v["SOPClassUID"]), existing, 0, hdr.warnings)
+                out.set_result(outcome("duplicate", existing, 0))
+                return out
         if in_place_path is not None:
             file_path, in_place = str(Path(in_place_path).resolve()), True
             size = len(data)
             digest = checksum(data)
         else:
             file_path, in_place = key_for_uid(sop), False
-            self.store.put(file_path, hdr.data, durable=self.durable)
+            # No fsync per file: the index writer syncs the file system once
+            # per batch, before the commit that makes these files visible.
+            self.store.put(file_path, hdr.data, durable=False)
             size = len(hdr.data)
             digest = checksum(hdr.data)
         rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
                                   checksum=digest, origin=origin, character_set=hdr.character_set)
-        try:
-            res = self.writer.run(lambda conn: repo.add_instance(conn, rec, replace=replace))
-        except Exception:
-            # The row did not commit: the file must not stay behind.
-            if not in_place and not replace:
-                self._delete_file_quietly(file_path)
-            raise
-        if res.status == "duplicate":
-            # Lost a race with another association storing the same instance.
-            winner = self._existing(sop)
-            if not in_place and winner != file_path:
-                self._delete_file_quietly(file_path)
-            return StoreOutcome("duplicate", sop, hdr.study_instance_uid, hdr.series_instance_uid,
-                                str(v["SOPClassUID"]), winner or file_path, 0, hdr.warnings)
-        if res.status == "replaced" and res.old_file_path and not res.old_in_place:
-            self._delete_file_quietly(res.old_file_path)
-        self._publish(res, hdr)
-        return StoreOutcome(res.status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
-                            str(v["SOPClassUID"]), file_path, size, hdr.warnings)
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is not None:
+                # The row did not commit: the file must not stay behind.
+                if not in_place and not replace:
+                    self._delete_file_quietly(file_path)
+                out.set_exception(exc)
+                return
+            res: repo.AddResult = f.result()
+            if res.status == "duplicate":
+                # Another process stored it in between (in-process stores of
+                # one UID are serialised above).
+                winner = self._existing(sop)
+                if not in_place and winner != file_path:
+                    self._delete_file_quietly(file_path)
+                out.set_result(outcome("duplicate", winner or file_path, 0))
+                return
+            if res.status == "replaced" and res.old_file_path and not res.old_in_place:
+                self._delete_file_quietly(res.old_file_path)
+            try:
+                self._publish(res, hdr)
+            finally:
+                out.set_result(outcome(res.status, file_path, size))
+
+        self.writer.submit_add(rec, replace=replace,
+                               sync_files=not in_place and self.durable).add_done_callback(done)
+        return out
 
     def store_file(self, path: Path, *, origin: str | None = None, in_place: bool = False) -> StoreOutcome:
         p = Path(path)
@@ -271,35 +332,40 @@ class Archive:
         last_progress = [0.0]
         nworkers = workers or min(8, (os.cpu_count() or 2) * 2)
 
-        def one(src: "_Source") -> None:
+        # Commits still pending are bounded too, so memory stays flat however
+        # many files come.
+        pending_commits = threading.BoundedSemaphore(PENDING_COMMITS)
+
+        def failed(src: "_Source", reason: str, kind: str) -> None:
+            with lock:
+                report.failed += 1
+                report.failures.append(ImportFailure(src.label, reason, kind))
+
+        def tick() -> None:
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_progress[0] >= 0.05:
+                    last_progress[0] = now
+                    report.seconds = now - start
+                    progress(report)
+
+        def committed(src: "_Source", fut: Future) -> None:
             try:
-                data = src.read()
-                out = self.store_bytes(data, origin=f"path:{src.label}", name=src.label,
-                                       in_place_path=src.path if (in_place and src.path) else None)
-            except DicomFileError as exc:
-                with lock:
-                    if exc.kind in ("not-dicom", "dicomdir"):
-                        report.skipped += 1
-                        report.skipped_files.append(ImportFailure(src.label, exc.reason, exc.kind))
-                    else:
-                        report.failed += 1
-                        report.failures.append(ImportFailure(src.label, exc.reason, exc.kind))
-            except StorageFullError as exc:
-                with lock:
-                    report.failed += 1
-                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc.strerror or exc}",
-                                                         "disk-full"))
-            except (StorageError, OSError) as exc:
-                with lock:
-                    report.failed += 1
-                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc}", "io"))
-            except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
-                log.exception("unexpected error importing %s", src.label)
-                with lock:
-                    report.failed += 1
-                    report.failures.append(ImportFailure(src.label, f"{src.label}: {exc.__class__.__name__}: {exc}"))
+                count_commit(src, fut)
+            finally:
+                pending_commits.release()
+
+        def count_commit(src: "_Source", fut: Future) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                if isinstance(exc, StorageFullError):
+                    failed(src, f"{src.label}: {exc.strerror or exc}", "disk-full")
+                else:
+                    failed(src, f"{src.label}: {exc.__class__.__name__}: {exc}", "io")
             else:
+                out = fut.result()
                 with lock:
+                    report.warnings.extend(ImportFailure(src.label, w, "warning") for w in out.warnings)
                     if out.status == "stored":
                         report.imported += 1
                         report.bytes += out.size
@@ -309,14 +375,36 @@ class Archive:
                         report.studies.add(out.study_instance_uid)
                     else:
                         report.duplicates += 1
-            if progress is not None:
-                now = time.perf_counter()
-                if now - last_progress[0] >= 0.05:
-                    last_progress[0] = now
-                    report.seconds = now - start
-                    progress(report)
+            tick()
 
-        # Bounded in-flight work keeps memory flat however many files come.
+        def one(src: "_Source") -> None:
+            pending_commits.acquire()
+            try:
+                data = src.read()
+                fut = self.submit_bytes(data, origin=f"path:{src.label}", name=src.label,
+                                        in_place_path=src.path if (in_place and src.path) else None)
+            except DicomFileError as exc:
+                pending_commits.release()
+                if exc.kind in ("not-dicom", "dicomdir"):
+                    with lock:
+                        report.skipped += 1
+                        report.skipped_files.append(ImportFailure(src.label, exc.reason, exc.kind))
+                else:
+                    failed(src, exc.reason, exc.kind)
+                tick()
+            except StorageFullError as exc:
+                pending_commits.release()
+                failed(src, f"{src.label}: {exc.strerror or exc}", "disk-full")
+            except (StorageError, OSError) as exc:
+                pending_commits.release()
+                failed(src, f"{src.label}: {exc}", "io")
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
+                pending_commits.release()
+                log.exception("unexpected error importing %s", src.label)
+                failed(src, f"{src.label}: {exc.__class__.__name__}: {exc}", "invalid")
+            else:
+                fut.add_done_callback(lambda f, src=src: committed(src, f))
+
         with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="import") as pool:
             inflight: set[Future] = set()
             for src in sources:
@@ -327,6 +415,9 @@ class Archive:
                     done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                 inflight.add(pool.submit(one, src))
             wait(inflight)
+        # Every commit has been counted once all permits are back.
+        for _ in range(PENDING_COMMITS):
+            pending_commits.acquire()
         if cancel is not None and cancel.is_set():
             report.cancelled = True
         report.seconds = time.perf_counter() - start

@@ -17,11 +17,13 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
+from ..db import repository as repo
 from ..db.engine import Database
 
 log = logging.getLogger(__name__)
@@ -29,27 +31,45 @@ log = logging.getLogger(__name__)
 Op = Callable[[Connection], object]
 
 
+@dataclass(frozen=True)
+class AddOp:
+    """Index one stored instance; consecutive AddOps of a batch are indexed together."""
+
+    record: repo.InstanceRecord
+    replace: bool = False
+
+
 class WriterClosed(RuntimeError):
     pass
 
 
 class IndexWriter:
-    def __init__(self, db: Database, *, max_batch: int = 256):
+    def __init__(self, db: Database, *, max_batch: int = 512,
+                 sync_files: Callable[[], None] | None = None):
         self.db = db
         self.max_batch = max_batch
-        self._q: queue.Queue[tuple[Op, Future] | None] = queue.Queue()
+        #: Called once before committing a batch that indexes new files, so
+        #: that one file-system sync makes every file of the batch durable
+        #: before any row pointing at them is committed.
+        self.sync_files = sync_files
+        self._q: queue.Queue[tuple[Op, Future, bool] | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._thread.start()
         self.commits = 0
         self.ops = 0
 
-    def submit(self, op: Op) -> Future:
+    def submit(self, op: Op, *, sync_files: bool = False) -> Future:
         if self._closed:
             raise WriterClosed("the archive is shutting down")
         fut: Future = Future()
-        self._q.put((op, fut))
+        self._q.put((op, fut, sync_files))
         return fut
+
+    def submit_add(self, record: repo.InstanceRecord, *, replace: bool = False,
+                   sync_files: bool = False) -> Future:
+        """Index one instance (``Future[AddResult]``), batched with its neighbours."""
+        return self.submit(AddOp(record, replace), sync_files=sync_files)  # type: ignore[arg-type]
 
     def run(self, op: Op, timeout: float | None = None):
         """Submit *op* and wait for its committed result (re-raises its error)."""
@@ -80,12 +100,19 @@ class IndexWriter:
                 batch.append(nxt)
             self._execute(batch)
 
-    def _execute(self, batch: list[tuple[Op, Future]]) -> None:
-        live = [(op, f) for op, f in batch if f.set_running_or_notify_cancel()]
+    def _execute(self, batch: list[tuple[Op, Future, bool]]) -> None:
+        live = [(op, f) for op, f, _ in batch if f.set_running_or_notify_cancel()]
         if not live:
             return
+        if self.sync_files is not None and any(sync for _, _, sync in batch):
+            try:
+                self.sync_files()
+            except OSError as exc:
+                for _, fut in live:
+                    fut.set_exception(exc)
+                return
         try:
-            results = self._with_retry(lambda conn: [op(conn) for op, _ in live])
+            results = self._with_retry(lambda conn: _run_all(conn, [op for op, _ in live]))
         except Exception as exc:
             if len(live) == 1:
                 live[0][1].set_exception(exc)
@@ -93,7 +120,7 @@ class IndexWriter:
             log.debug("batch of %d failed (%s); retrying one by one", len(live), exc)
             for op, fut in live:
                 try:
-                    fut.set_result(self._with_retry(op))
+                    fut.set_result(self._with_retry(lambda conn, op=op: _run_all(conn, [op])[0]))
                 except Exception as e:  # noqa: BLE001 - handed to the caller
                     fut.set_exception(e)
             return
@@ -117,3 +144,21 @@ class IndexWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         raise RuntimeError("unreachable")
+
+
+def _run_all(conn: Connection, ops: list) -> list:
+    """Run *ops* in order in one transaction; runs of AddOps go through one bulk call."""
+    results: list = []
+    i = 0
+    while i < len(ops):
+        if isinstance(ops[i], AddOp):
+            j = i
+            while j < len(ops) and isinstance(ops[j], AddOp) and ops[j].replace == ops[i].replace:
+                j += 1
+            results.extend(repo.add_instances(conn, [o.record for o in ops[i:j]],
+                                              replace=ops[i].replace))
+            i = j
+        else:
+            results.append(ops[i](conn))
+            i += 1
+    return results
