@@ -1,0 +1,1 @@
+"""osirix-py benchmarks: ``python -m benchmarks`` from the repository root (see README.md)."""
