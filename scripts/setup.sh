@@ -130,7 +130,7 @@ forbid_services() {  # until restore_policy: maintainer scripts may not start se
   POLICY_SET=1
   trap restore_policy EXIT
   as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
-  log "temporary $POLICY (exit 101): the orthanc package will not start a system service"
+  log "temporary $POLICY (exit 101): the orthanc and postgresql packages will not start system services"
 }
 
 apt_install() {  # pkg...
@@ -162,7 +162,7 @@ system_setup() {
   log "system packages missing: ${want[*]}"
   apt_update_once
   local with_orthanc=0
-  for p in "${want[@]}"; do case "$p" in orthanc|orthanc-dicomweb) with_orthanc=1 ;; esac; done
+  for p in "${want[@]}"; do case "$p" in orthanc|orthanc-dicomweb|postgresql) with_orthanc=1 ;; esac; done
   [ $with_orthanc = 1 ] && forbid_services
   apt_install "${want[@]}"
   restore_policy
