@@ -1,0 +1,128 @@
+"""The client side (SCU): C-ECHO now; query, retrieve and send come later.
+
+Every failure is an exception whose message says what went wrong in words a
+user can act on: which host, port and AE title, and whether the host was
+unreachable, the port closed, the association rejected (and why) or aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from ..dicom import status as st
+from .tcp import NODELAY_HANDLER
+
+log = logging.getLogger(__name__)
+
+
+class EchoError(RuntimeError):
+    """A C-ECHO failed.
+
+    ``kind`` is one of ``"unreachable"`` (no TCP connection: refused, timed
+    out, unknown host), ``"rejected"`` (A-ASSOCIATE-RJ; ``reason`` says why),
+    ``"aborted"`` (the peer aborted, or closed the connection without an
+    answer), ``"timeout"`` (no answer within the timeout) or ``"failed"``
+    (the C-ECHO itself returned a failure status).
+    """
+
+    def __init__(self, message: str, *, kind: str, reason: str = ""):
+        super().__init__(message)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    ae_title: str
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _diagnose_connect(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to host:port fails (None: it succeeds)."""
+    try:
+        with socket.create_connection((host, port), timeout=max(0.2, timeout)):
+            return None
+    except socket.gaierror as exc:
+        return f"unknown host {host!r} ({exc.strerror})"
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (nothing listens on that port)"
+    except (socket.timeout, TimeoutError):
+        return f"no answer from {host}:{port} within {timeout:.1f} s (host down or filtered)"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
+
+
+def echo_address(host: str, port: int, called_ae: str, *, calling_ae: str,
+                 timeout: float = 10.0) -> float:
+    """C-ECHO ``called_ae@host:port``; returns the C-ECHO round trip in seconds.
+
+    The whole exchange (connect, associate, echo, release) is bounded by
+    *timeout* (each network wait uses at most what is left of it).
+    Raises :class:`EchoError`.
+    """
+    target = Target(host, int(port), called_ae)
+    deadline = time.monotonic() + timeout
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    connected: list[bool] = []
+    assoc = ae.associate(host, int(port), ae_title=called_ae,
+                         evt_handlers=[NODELAY_HANDLER,
+                                       (evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
+    try:
+        if not connected:
+            left = deadline - time.monotonic()
+            why = _diagnose_connect(host, int(port), min(left, 3.0)) if left > 0.05 else None
+            raise EchoError(f"{target}: {why or f'no TCP connection within {timeout:.1f} s'}",
+                            kind="unreachable", reason=why or "timeout")
+        if assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            reason = rj.reason_str if rj is not None else "no reason given"
+            kind = "permanently" if rj is not None and rj.result == 0x01 else "temporarily"
+            raise EchoError(f"{target}: association {kind} rejected: {reason}"
+                            f" (we called as {calling_ae!r})", kind="rejected", reason=reason)
+        if assoc.is_aborted:
+            raise EchoError(f"{target}: the peer aborted the association (it may not know our "
+                            f"AE title {calling_ae!r}, or refuse Verification)", kind="aborted")
+        if not assoc.is_established:
+            if time.monotonic() >= deadline - 0.05:
+                raise EchoError(f"{target}: no A-ASSOCIATE answer within {timeout:.1f} s",
+                                kind="timeout")
+            raise EchoError(f"{target}: the connection was closed before the association was "
+                            "accepted (not a DICOM port?)", kind="aborted")
+        t0 = time.perf_counter()
+        rsp = assoc.send_c_echo()
+        rtt = time.perf_counter() - t0
+        code = getattr(rsp, "Status", None)
+        if code is None:
+            if assoc.is_aborted:
+                raise EchoError(f"{target}: the association was aborted during the C-ECHO",
+                                kind="aborted")
+            raise EchoError(f"{target}: no C-ECHO response within {timeout:.1f} s", kind="timeout")
+        if code != st.SUCCESS:
+            raise EchoError(f"{target}: C-ECHO answered {st.describe(code)}", kind="failed")
+        return rtt
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        elif not (assoc.is_rejected or assoc.is_aborted):
+            assoc.abort()
+        ae.shutdown()
+
+
+def echo(node, calling_ae: str, timeout: float = 10.0) -> float:
+    """C-ECHO a node of the nodes table (anything with host, port, ae_title)."""
+    return echo_address(node.host, node.port, node.ae_title, calling_ae=calling_ae, timeout=timeout)
