@@ -11,7 +11,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from sqlalchemy import Connection, Select, and_, delete, exists, func, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, exists, func, select, update
 
 from ..dicom.tags import (
     ATTRIBUTES,
@@ -423,6 +423,36 @@ def known_sop_uids(conn: Connection, uids: Iterable[str]) -> set[str]:
 
 
 
+# Statements of the bulk path, built once: constructing SQLAlchemy expressions
+# per call cost more than executing them (profiled on single-instance batches).
+_UIDS = bindparam("uids", expanding=True)
+_PKS = bindparam("pks", expanding=True)
+_SEL_KNOWN = select(instances.c.sop_instance_uid).where(instances.c.sop_instance_uid.in_(_UIDS))
+_SEL_KEYS = {
+    "patients": select(patients.c.patient_key, patients.c.id).where(patients.c.patient_key.in_(_UIDS)),
+    "studies": select(studies.c.study_instance_uid, studies.c.id)
+    .where(studies.c.study_instance_uid.in_(_UIDS)),
+    "series": select(series.c.series_instance_uid, series.c.id)
+    .where(series.c.series_instance_uid.in_(_UIDS)),
+}
+_SEL_STUDY_PATIENT = select(studies.c.id, studies.c.patient_pk).where(studies.c.id.in_(_PKS))
+_SEL_SERIES_STUDY = select(series.c.id, series.c.study_pk).where(series.c.id.in_(_PKS))
+_SEL_MODS = select(studies.c.modalities_in_study).where(studies.c.id == bindparam("pk"))
+_INS = {t.name: t.insert() for t in (patients, studies, series, instances)}
+_UPD_SERIES = (update(series).where(series.c.id == bindparam("pk"))
+               .values(num_instances=series.c.num_instances + bindparam("n")))
+_UPD_STUDY = (update(studies).where(studies.c.id == bindparam("pk"))
+              .values(num_instances=studies.c.num_instances + bindparam("n"),
+                      num_series=studies.c.num_series + bindparam("nser"),
+                      updated_at=bindparam("now")))
+_UPD_STUDY_MODS = (update(studies).where(studies.c.id == bindparam("pk"))
+                   .values(modalities_in_study=bindparam("mods")))
+_UPD_PATIENT = (update(patients).where(patients.c.id == bindparam("pk"))
+                .values(num_instances=patients.c.num_instances + bindparam("n"),
+                        num_series=patients.c.num_series + bindparam("nser"),
+                        num_studies=patients.c.num_studies + bindparam("nst")))
+
+
 def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool = False) -> list[AddResult]:
     """:func:`add_instance` for many records at once (the index writer's group commit).
 
@@ -434,7 +464,9 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
     if not recs:
         return []
     sops = [str(r.values["SOPInstanceUID"]) for r in recs]
-    known = known_sop_uids(conn, sops)
+    known: set[str] = set()
+    for chunk in _chunks(sops, 500):
+        known.update(conn.execute(_SEL_KNOWN, {"uids": chunk}).scalars())
     seen: set[str] = set()
     results: list[AddResult | None] = [None] * len(recs)
     fresh: list[int] = []
@@ -451,12 +483,12 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
     def resolve(table, key_col, keys: dict[str, int], make_row) -> tuple[dict[str, int], set[str]]:
         pks: dict[str, int] = {}
         for chunk in _chunks(list(keys), 500):
-            for k, pk in conn.execute(select(key_col, table.c.id).where(key_col.in_(chunk))):
+            for k, pk in conn.execute(_SEL_KEYS[table.name], {"uids": chunk}):
                 pks[k] = pk
         created = set()
         for k, i in keys.items():
             if k not in pks:
-                pks[k] = conn.execute(table.insert().values(**make_row(i))).inserted_primary_key[0]
+                pks[k] = conn.execute(_INS[table.name], make_row(i)).inserted_primary_key[0]
                 created.add(k)
         return pks, created
 
@@ -485,8 +517,7 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
         return row
 
     study_pks, new_studies = resolve(studies, studies.c.study_instance_uid, skeys, study_row)
-    study_patient = dict(conn.execute(select(studies.c.id, studies.c.patient_pk)
-                                      .where(studies.c.id.in_(list(study_pks.values())))).all())
+    study_patient = dict(conn.execute(_SEL_STUDY_PATIENT, {"pks": list(study_pks.values())}).all())
 
     # Series
     sekeys: dict[str, int] = {}
@@ -499,8 +530,7 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
         return row
 
     series_pks, new_series = resolve(series, series.c.series_instance_uid, sekeys, series_row)
-    series_study = dict(conn.execute(select(series.c.id, series.c.study_pk)
-                                     .where(series.c.id.in_(list(series_pks.values())))).all())
+    series_study = dict(conn.execute(_SEL_SERIES_STUDY, {"pks": list(series_pks.values())}).all())
 
     # Instances, one multi-row INSERT
     rows = []
@@ -514,15 +544,15 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
                    received_at=rec.received_at or now, origin=rec.origin)
         rows.append(row)
         per_series[se_pk] = per_series.get(se_pk, 0) + 1
-    conn.execute(instances.insert(), rows)
+    conn.execute(_INS["instances"], rows)
 
     # Derived counts, once per touched object
     per_study: dict[int, list[int]] = {}  # study pk -> [instances, new series]
     new_mods: dict[int, set[str]] = {}
+    series_updates = []
     for se_uid, se_pk in series_pks.items():
         n = per_series.get(se_pk, 0)
-        conn.execute(update(series).where(series.c.id == se_pk)
-                     .values(num_instances=series.c.num_instances + n))
+        series_updates.append({"pk": se_pk, "n": n})
         st_pk = series_study[se_pk]
         acc = per_study.setdefault(st_pk, [0, 0])
         acc[0] += n
@@ -531,26 +561,23 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
             mod = str(recs[sekeys[se_uid]].values.get("Modality") or "").strip()
             if mod:
                 new_mods.setdefault(st_pk, set()).add(mod)
+    conn.execute(_UPD_SERIES, series_updates)
     per_patient: dict[int, list[int]] = {}  # patient pk -> [instances, new series, new studies]
     new_study_pks = {study_pks[u] for u in new_studies}
+    conn.execute(_UPD_STUDY, [{"pk": st_pk, "n": n, "nser": nser, "now": now}
+                              for st_pk, (n, nser) in per_study.items()])
+    for st_pk, mods in new_mods.items():
+        current = conn.execute(_SEL_MODS, {"pk": st_pk}).scalar_one() or ""
+        merged = {m for m in current.split("\\") if m} | mods
+        if merged != set(m for m in current.split("\\") if m):
+            conn.execute(_UPD_STUDY_MODS, {"pk": st_pk, "mods": "\\".join(sorted(merged))})
     for st_pk, (n, nser) in per_study.items():
-        vals = {"num_instances": studies.c.num_instances + n, "updated_at": now}
-        if nser:
-            vals["num_series"] = studies.c.num_series + nser
-        if st_pk in new_mods:
-            current = conn.execute(select(studies.c.modalities_in_study)
-                                   .where(studies.c.id == st_pk)).scalar_one() or ""
-            mods = {m for m in current.split("\\") if m} | new_mods[st_pk]
-            vals["modalities_in_study"] = "\\".join(sorted(mods))
-        conn.execute(update(studies).where(studies.c.id == st_pk).values(**vals))
         acc = per_patient.setdefault(study_patient[st_pk], [0, 0, 0])
         acc[0] += n
         acc[1] += nser
         acc[2] += 1 if st_pk in new_study_pks else 0
-    for pa_pk, (n, nser, nst) in per_patient.items():
-        conn.execute(update(patients).where(patients.c.id == pa_pk).values(
-            num_instances=patients.c.num_instances + n, num_series=patients.c.num_series + nser,
-            num_studies=patients.c.num_studies + nst))
+    conn.execute(_UPD_PATIENT, [{"pk": pa_pk, "n": n, "nser": nser, "nst": nst}
+                                for pa_pk, (n, nser, nst) in per_patient.items()])
 
     # Per-record results; "new" flags go to the first record of each object.
     flagged_p: set[str] = set()
