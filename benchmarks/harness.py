@@ -54,7 +54,7 @@ log = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Benchmark modules of this package (registered with @register when imported).
-BUILTIN_MODULES = ("benchmarks.bench_archive", "benchmarks.bench_network")
+BUILTIN_MODULES = ("benchmarks.bench_archive", "benchmarks.bench_network", "benchmarks.bench_volume")
 #: Modules other engineers add; imported only when present.
 OPTIONAL_MODULES = ("benchmarks.bench_imaging", "benchmarks.bench_render", "benchmarks.bench_gui",
                     "benchmarks.bench_web")
