@@ -18,9 +18,8 @@
 #    /usr/sbin/policy-rc.d that exits 101 so that the package does NOT start its system
 #    service on ports 4242/8042 (the machine's own policy-rc.d, if any, is put back).
 # 2. A virtual environment in <repo>/.venv with `pip install -e '.[test]'`.  The GUI extra
-#    ('.[gui]': PySide6-Essentials + vtk, ~1 GB) is installed only with --gui or
-#    OSIRIX_PY_GUI=1: the desktop application does not exist yet (osirix_py/gui/app.py),
-#    and scripts/run.sh asks for it automatically once it does.  pip runs again only when
+#    ('.[gui]': PySide6-Essentials + vtk, ~1 GB) is installed with --gui or
+#    OSIRIX_PY_GUI=1; scripts/run.sh and scripts/test.sh ask for it.  pip runs again only when
 #    pyproject.toml or the requested extras changed (stamp in .venv/.osirix-py-setup).
 #
 # Options / environment

@@ -25,7 +25,9 @@ done
 
 log() { printf '[test] %s\n' "$*" >&2; }
 
-bash "$ROOT/scripts/setup.sh" "${SETUP_ARGS[@]}"
+# The suite includes the desktop application's tests (pytest-qt), so the GUI
+# extra (PySide6-Essentials + VTK) is always installed for it.
+bash "$ROOT/scripts/setup.sh" --gui "${SETUP_ARGS[@]}"
 cd "$ROOT"
 
 export TCP_NODELAY=1
