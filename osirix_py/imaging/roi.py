@@ -542,9 +542,10 @@ def _rasterize_polygon(poly_uv: np.ndarray, plane: ImagePlane) -> np.ndarray:
     # crossings of every scanline (row centre v) with every edge, half-open rule
     vv = v[:, None]
     cond = ((y0[None, :] <= vv) & (y1[None, :] > vv)) | ((y1[None, :] <= vv) & (y0[None, :] > vv))
+    # Horizontal edges give inf/nan here; `cond` excludes them below.
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (vv - y0[None, :]) / (y1 - y0)[None, :]
-    xs = np.where(cond, x0[None, :] + t * (x1 - x0)[None, :], np.nan)
+        xs = np.where(cond, x0[None, :] + t * (x1 - x0)[None, :], np.nan)
     xs.sort(axis=1)
     sub = np.zeros((v.size, u.size), bool)
     counts = np.sum(cond, axis=1)
