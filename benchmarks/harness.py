@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODULES = ("benchmarks.bench_archive", "benchmarks.bench_network", "benchmarks.bench_volume")
 #: Modules other engineers add; imported only when present.
 OPTIONAL_MODULES = ("benchmarks.bench_imaging", "benchmarks.bench_render", "benchmarks.bench_gui",
-                    "benchmarks.bench_web")
+                    "benchmarks.bench_web", "benchmarks.bench_client")
 
 
 # --------------------------------------------------------------------------- rows

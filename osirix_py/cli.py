@@ -2,7 +2,8 @@
 
 ``osirix-py`` alone starts the desktop application (when the GUI extra is
 installed); the sub-commands work headless: ``server``, ``import``, ``find``,
-``delete``, ``stats``, ``check``, ``demo``, ``config show`` and ``nodes``.
+``delete``, ``stats``, ``check``, ``demo``, ``config show``, ``nodes``, and the
+client side: ``query``, ``retrieve`` and ``send`` (C-FIND, C-GET/C-MOVE, C-STORE).
 Exit status: 0 success, 1 partial failure (some files failed), 2 usage or
 configuration error, 3 runtime error.
 """
@@ -121,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("name")
     n = nsub.add_parser("echo", help="C-ECHO a node")
     n.add_argument("name")
+
+    s = sub.add_parser("query", help="C-FIND a remote node (patient/study/series/instance)")
+    s.add_argument("node", help="node name (or AE title) from 'nodes list'")
+    s.add_argument("filters", nargs="*", metavar="KEY=VALUE",
+                   help="DICOM matching keys, e.g. PatientName=DOE^* StudyDate=20240101-20241231")
+    s.add_argument("--level", default="study",
+                   help="patient, study, series or instance (default study)")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="JSON array keyed by DICOM keyword")
+
+    s = sub.add_parser("retrieve", help="C-GET / C-MOVE a study, series or instance from a node")
+    s.add_argument("node")
+    s.add_argument("--study", required=True, metavar="UID")
+    s.add_argument("--series", metavar="UID")
+    s.add_argument("--instance", metavar="UID")
+    s.add_argument("--method", choices=("get", "move"), default=None,
+                   help="default: the node's preferred method")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("send", help="C-STORE a local study, series or instance to a node")
+    s.add_argument("node")
+    s.add_argument("--study", metavar="UID")
+    s.add_argument("--series", metavar="UID")
+    s.add_argument("--instance", metavar="UID")
+    s.add_argument("--retries", type=int, default=1, help="retries of failed instances (default 1)")
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("server", help="run headless as a PACS node (listener + web)")
     s.add_argument("--aet", help="our AE title")
@@ -439,6 +466,166 @@ def cmd_nodes(args, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _node_repo(settings: Settings, db):
+    from .services.nodes import NodeError, NodeRepository
+
+    repo = NodeRepository(db)
+    try:
+        if settings.nodes:
+            repo.sync_from_config(settings.nodes)
+    except NodeError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return repo
+
+
+def _get_node(repo, name: str):
+    from .services.nodes import NodeError
+
+    try:
+        return repo.get(name)
+    except NodeError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def cmd_query(args, settings: Settings) -> int:
+    from .db.engine import DatabaseError, open_database
+    from .dicom.tags import Level
+    from .net.client import query
+    from .net.scu import ScuError
+
+    try:
+        level = Level.parse(args.level)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    filters = _parse_filters(args.filters)
+    try:
+        db = open_database(settings.effective_database_url)
+    except DatabaseError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        node = _get_node(_node_repo(settings, db), args.node)
+    finally:
+        db.dispose()
+    try:
+        rows = query(node, level, filters, calling_ae=settings.listener.ae_title,
+                     timeout=settings.connect_timeout, limit=args.limit)
+    except ScuError as exc:
+        raise CliError(f"C-FIND {node} failed: {exc}",
+                       EXIT_USAGE if exc.kind == "usage" else EXIT_ERROR) from None
+    if args.json:
+        _print_json(rows)
+    else:
+        if rows:
+            print(_table(rows, [c for c in _FIND_COLUMNS[level.value]
+                                if c not in ("Rows", "Columns")]))
+        print(f"{len(rows)} match(es) at {level.cli_name} level on {node}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _job_bar(enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=0, desc=desc, unit="inst", file=sys.stderr, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
+def _run_job(args, settings: Settings, submit, desc: str, *, need_listener: bool = False) -> int:
+    """Run one retrieve/send job in a JobManager of our own; a tqdm bar while it runs."""
+    from .net import client
+    from .net.scp import Listener, ListenerError
+    from .services.jobs import JobManager
+
+    archive = _archive(settings)
+    listener = None
+    bar = _job_bar(not args.quiet and not args.json, desc)
+    lock = threading.Lock()
+    try:
+        repo = _node_repo(settings, archive.db)
+        node = _get_node(repo, args.node)
+        if need_listener(node) if callable(need_listener) else need_listener:
+            listener = Listener(settings.listener, archive, repo)
+            try:
+                listener.start()
+            except ListenerError as exc:
+                # Most often an osirix-py server of this installation holds the
+                # port: it receives the C-MOVE sub-operations.
+                log.warning("no listener of our own (%s); assuming a running osirix-py server "
+                            "receives the instances", exc)
+                print(f"note: {exc}; the instances go to whatever listens as "
+                      f"{settings.listener.ae_title} on port {settings.listener.port}", file=sys.stderr)
+                listener = None
+        manager = JobManager(archive, calling_ae=settings.listener.ae_title,
+                             timeout=settings.connect_timeout, workers=1,
+                             listener_port=lambda: listener.port if listener else settings.listener.port,
+                             retrieve=client.retrieve, send=client.send)
+
+        def on_update(job):
+            if bar is None:
+                return
+            with lock:
+                bar.total = job.total
+                bar.n = job.completed + job.failed
+                bar.set_postfix(failed=job.failed, rate=f"{job.rate or 0:.0f}/s", refresh=False)
+                bar.refresh()
+
+        manager.subscribe(on_update)
+        job = submit(manager, node)
+        try:
+            while not manager.wait(job.id, 0.5).finished:
+                pass
+        except KeyboardInterrupt:
+            manager.cancel(job.id)
+            manager.wait(job.id, 30)
+            raise
+        finally:
+            manager.shutdown()
+    finally:
+        if bar is not None:
+            bar.close()
+        if listener is not None:
+            listener.stop(timeout=5)
+        archive.close()
+    job = manager.get(job.id)
+    if args.json:
+        _print_json(job.to_dict())
+    else:
+        for uid, why in (job.details.get("failures") or {}).items():
+            print(f"failed: {uid}: {why}", file=sys.stderr)
+        rate = f" ({job.rate:.0f} inst/s, {_human_bytes(int(job.byte_rate or 0))}/s)" if job.rate else ""
+        print(f"{job.description}: {job.state}, {job.completed} of {job.total} completed, "
+              f"{job.failed} failed, {job.warning} warning(s){rate}")
+    if job.state == "failed":
+        raise CliError(job.error or "failed", EXIT_ERROR if not job.completed else EXIT_PARTIAL)
+    if job.state == "cancelled":
+        return EXIT_PARTIAL
+    return EXIT_PARTIAL if job.failed else EXIT_OK
+
+
+def cmd_retrieve(args, settings: Settings) -> int:
+    if args.instance and not args.series:
+        raise CliError("--instance needs --series", EXIT_USAGE)
+
+    def submit(manager, node):
+        return manager.submit_retrieve(node, study_uid=args.study, series_uid=args.series,
+                                       instance_uid=args.instance, method=args.method)
+
+    return _run_job(args, settings, submit, "Retrieving",
+                    need_listener=lambda node: (args.method or node.retrieve_method) == "move")
+
+
+def cmd_send(args, settings: Settings) -> int:
+    if not (args.study or args.series or args.instance):
+        raise CliError("send needs --study, --series or --instance", EXIT_USAGE)
+
+    def submit(manager, node):
+        return manager.submit_send(node, study_uid=args.study, series_uid=args.series,
+                                   instance_uid=args.instance, retries=args.retries)
+
+    return _run_job(args, settings, submit, "Sending")
+
+
 def cmd_server(args, settings: Settings) -> int:
     from dataclasses import replace
 
@@ -479,7 +666,7 @@ def cmd_gui(args, settings: Settings) -> int:
 COMMANDS = {
     "import": cmd_import, "find": cmd_find, "delete": cmd_delete, "stats": cmd_stats,
     "check": cmd_check, "demo": cmd_demo, "config": cmd_config, "nodes": cmd_nodes,
-    "server": cmd_server,
+    "server": cmd_server, "query": cmd_query, "retrieve": cmd_retrieve, "send": cmd_send,
 }
 
 

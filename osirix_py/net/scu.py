@@ -1,4 +1,4 @@
-"""The client side (SCU): C-ECHO now; query, retrieve and send come later.
+"""The client side (SCU): C-ECHO and the association helper of :mod:`.client`.
 
 Every failure is an exception whose message says what went wrong in words a
 user can act on: which host, port and AE title, and whether the host was
@@ -20,8 +20,25 @@ from .tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
 
+#: Seconds the pynetdicom DUL reactor sleeps when idle on client associations.
+RUN_LOOP_DELAY = 0.0001
 
-class EchoError(RuntimeError):
+
+class ScuError(RuntimeError):
+    """A client-side (SCU) operation failed; the message names the peer.
+
+    ``kind``: ``"unreachable"``, ``"rejected"``, ``"aborted"``, ``"timeout"``,
+    ``"failed"`` (a failure status), ``"move-destination"`` (0xA801),
+    ``"refused"`` (no acceptable presentation context) or ``"usage"``.
+    """
+
+    def __init__(self, message: str, *, kind: str, reason: str = ""):
+        super().__init__(message)
+        self.kind = kind
+        self.reason = reason
+
+
+class EchoError(ScuError):
     """A C-ECHO failed.
 
     ``kind`` is one of ``"unreachable"`` (no TCP connection: refused, timed
@@ -30,11 +47,6 @@ class EchoError(RuntimeError):
     answer), ``"timeout"`` (no answer within the timeout) or ``"failed"``
     (the C-ECHO itself returned a failure status).
     """
-
-    def __init__(self, message: str, *, kind: str, reason: str = ""):
-        super().__init__(message)
-        self.kind = kind
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -126,3 +138,60 @@ def echo_address(host: str, port: int, called_ae: str, *, calling_ae: str,
 def echo(node, calling_ae: str, timeout: float = 10.0) -> float:
     """C-ECHO a node of the nodes table (anything with host, port, ae_title)."""
     return echo_address(node.host, node.port, node.ae_title, calling_ae=calling_ae, timeout=timeout)
+
+
+def open_association(target: Target, calling_ae: str, contexts, *, timeout: float = 10.0,
+                     what: str = "association", ext_neg=None, handlers=(),
+                     dimse_timeout: float | None = None, max_pdu: int = 0):
+    """An established association to *target* (returns ``(assoc, ae)``; call
+    ``assoc.release()`` and ``ae.shutdown()`` when done).
+
+    Connecting and associating are bounded by *timeout*; DIMSE waits by
+    *dimse_timeout* (default: *timeout*).  Raises :class:`ScuError` naming
+    host, port and AE: unreachable, rejected (with the reason), aborted.
+    """
+    deadline = time.monotonic() + timeout
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = dimse_timeout or timeout
+    ae.network_timeout = max(timeout, dimse_timeout or timeout)
+    ae.maximum_pdu_size = max_pdu
+    connected: list[bool] = []
+    assoc = ae.associate(target.host, int(target.port), contexts=list(contexts),
+                         ae_title=target.ae_title, ext_neg=ext_neg or None, max_pdu=max_pdu,
+                         evt_handlers=[NODELAY_HANDLER,
+                                       (evt.EVT_CONN_OPEN, lambda e: connected.append(True)),
+                                       *handlers])
+    if assoc.is_established:
+        # pynetdicom's DUL reactor sleeps 1 ms whenever it finds nothing to do;
+        # during a transfer that is a sleep per PDU exchange.  0.1 ms keeps the
+        # idle cost low and the latency close to the network's.
+        dul = getattr(assoc, "dul", None)
+        if dul is not None and hasattr(dul, "_run_loop_delay"):
+            dul._run_loop_delay = RUN_LOOP_DELAY
+        return assoc, ae
+    try:
+        if not connected:
+            left = deadline - time.monotonic()
+            why = _diagnose_connect(target.host, target.port, min(left, 3.0)) if left > 0.05 else None
+            raise ScuError(f"{target}: {why or f'no TCP connection within {timeout:.1f} s'}",
+                           kind="unreachable", reason=why or "timeout")
+        if assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            reason = rj.reason_str if rj is not None else "no reason given"
+            kind = "permanently" if rj is not None and rj.result == 0x01 else "temporarily"
+            raise ScuError(f"{target}: association {kind} rejected: {reason}"
+                           f" (we called as {calling_ae!r})", kind="rejected", reason=reason)
+        if assoc.is_aborted:
+            raise ScuError(f"{target}: the peer aborted the association request (it may not "
+                           f"know our AE title {calling_ae!r}, or refuse {what})", kind="aborted")
+        if time.monotonic() >= deadline - 0.05:
+            raise ScuError(f"{target}: no A-ASSOCIATE answer within {timeout:.1f} s", kind="timeout")
+        raise ScuError(f"{target}: the connection was closed before the association was "
+                       "accepted (not a DICOM port?)", kind="aborted")
+    except ScuError:
+        if not (assoc.is_rejected or assoc.is_aborted):
+            assoc.abort()
+        ae.shutdown()
+        raise

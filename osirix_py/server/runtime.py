@@ -76,7 +76,9 @@ class HttpServer:
         import uvicorn
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+        # without it every keep-alive response waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port if self.port is not None else self.requested_port))
@@ -164,6 +166,13 @@ class Runtime:
         if archive is not None and settings.nodes:
             self.nodes.sync_from_config(settings.nodes)
         self.listener = Listener(settings.listener, self.archive, self.nodes, debug_pdus=verbose >= 2)
+        from ..net import client
+        from ..services.jobs import JobManager
+
+        self.jobs = JobManager(self.archive, calling_ae=settings.listener.ae_title,
+                               timeout=settings.connect_timeout,
+                               listener_port=lambda: self.listener.port,
+                               retrieve=client.retrieve, send=client.send)
         self.http: HttpServer | None = None
         self.last_check = None
         self._probe_db = _probe_database(self.archive.db)
@@ -208,6 +217,7 @@ class Runtime:
                 for bad in rep.files_unreadable:
                     log.warning("startup check: unreadable file %s", bad)
             self._stopping.clear()
+            self.jobs.recover()
             try:
                 if self.settings.listener.enabled:
                     self.listener.start()
@@ -238,6 +248,7 @@ class Runtime:
             if self.http is not None:
                 self.http.stop()
             self._listener_wanted = False
+            self.jobs.shutdown()
             self.listener.stop(timeout=timeout)
             self._health_pool.shutdown(wait=False, cancel_futures=True)
             if self._probe_db is not self.archive.db:
