@@ -1,0 +1,172 @@
+"""The REST API under ``/api``: browse, inspect, download, delete, statistics, thumbnails.
+
+Lists take DICOM matching on the attribute table as query parameters
+(``/api/studies?PatientName=DOE*&StudyDate=20240101-``) plus ``limit`` and
+``offset``; objects are plain JSON keyed by DICOM keyword.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..dicom.tags import Level
+from ..services.archive import ArchiveError
+from .common import (DICOM_JSON, HttpProblem, check_uid, dicom_json_response, find_one, int_param,
+                     lookup_instance, matching_query, plain_row, run_find)
+from .render import RenderRequest, choose_media_type, parse_window
+
+LIST_MAX = 10000
+_LEVELS = {"patients": Level.PATIENT, "studies": Level.STUDY, "series": Level.SERIES,
+           "instances": Level.IMAGE}
+_WHAT = {Level.STUDY: "study", Level.SERIES: "series", Level.IMAGE: "instance"}
+
+
+def _archive(request: Request):
+    return request.app.state.runtime.archive
+
+
+def list_objects(request: Request) -> Response:
+    level = _LEVELS[request.url.path.rstrip("/").rsplit("/", 1)[-1]]
+    params = request.query_params
+    query = matching_query(params.multi_items(), {"limit", "offset"})
+    limit = int_param(params, "limit", 100, maximum=LIST_MAX)
+    offset = int_param(params, "offset", 0)
+    rows = run_find(_archive(request), level, query, limit=limit, offset=offset)
+    return JSONResponse([plain_row(r) for r in rows])
+
+
+def _level_of(request: Request) -> Level:
+    return _LEVELS[request.url.path.split("/api/", 1)[1].split("/", 1)[0]]
+
+
+def get_object(request: Request) -> Response:
+    level = _level_of(request)
+    uid = request.path_params["uid"]
+    archive = _archive(request)
+    row = find_one(archive, level, uid, _WHAT[level])
+    out = plain_row(row)
+    if level is Level.STUDY:
+        out["Series"] = [r["SeriesInstanceUID"] for r in
+                         archive.find(Level.SERIES, {"StudyInstanceUID": uid})]
+    elif level is Level.SERIES:
+        out["Instances"] = [r["SOPInstanceUID"] for r in
+                            archive.find(Level.IMAGE, {"SeriesInstanceUID": uid})]
+    else:
+        out["FileSize"] = row.get("_file_size")
+    return JSONResponse(out)
+
+
+def delete_object(request: Request) -> Response:
+    level = _level_of(request)
+    uid = check_uid(request.path_params["uid"], _WHAT[level])
+    try:
+        rep = _archive(request).delete(level, uid)
+    except ArchiveError as exc:
+        raise HttpProblem(404, str(exc)) from None
+    return JSONResponse({"deleted": _WHAT[level], "uid": uid, "instances": rep.instances,
+                         "files_removed": rep.files_removed, "errors": rep.errors})
+
+
+def instance_tags(request: Request) -> Response:
+    archive = _archive(request)
+    row = find_one(archive, Level.IMAGE, request.path_params["uid"], "instance")
+    ds = pydicom.dcmread(io.BytesIO(archive.read_instance(row)), force=True)
+    url = f"{str(request.base_url).rstrip('/')}/api/instances/{row['SOPInstanceUID']}"
+
+    def handler(el) -> str:
+        return f"{url}/bulkdata/{el.tag:08X}"
+
+    return dicom_json_response(ds.to_json_dict(bulk_data_threshold=1024,
+                                               bulk_data_element_handler=handler,
+                                               suppress_invalid_tags=True))
+
+
+def instance_bulkdata(request: Request) -> Response:
+    archive = _archive(request)
+    row = find_one(archive, Level.IMAGE, request.path_params["uid"], "instance")
+    try:
+        tag = int(request.path_params["tag"], 16)
+    except ValueError:
+        raise HttpProblem(400, "bulk data tag must be 8 hex digits") from None
+    ds = pydicom.dcmread(io.BytesIO(archive.read_instance(row)), force=True)
+    if tag not in ds or not isinstance(ds[tag].value, (bytes, bytearray)):
+        raise HttpProblem(404, f"no top-level bulk data element {tag:08X}")
+    return Response(bytes(ds[tag].value), media_type="application/octet-stream")
+
+
+def instance_file(request: Request) -> Response:
+    archive = _archive(request)
+    row = find_one(archive, Level.IMAGE, request.path_params["uid"], "instance")
+    name = f"{row['SOPInstanceUID']}.dcm"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    path = archive.instance_file(row)
+    if path is not None and path.is_file():
+        return FileResponse(path, media_type="application/dicom", headers=headers)
+    return Response(archive.read_instance(row), media_type="application/dicom", headers=headers)
+
+
+def _image_response(request: Request, row: dict, *, default_size: int | None) -> Response:
+    p = request.query_params
+    mt = choose_media_type(p.get("format") and f"image/{p['format'].lower()}"
+                           or request.headers.get("accept"))
+    if mt is None:
+        raise HttpProblem(406, "images are offered as image/jpeg or image/png")
+    size = int_param(p, "size", default_size, minimum=1, maximum=4096)
+    frame = int_param(p, "frame", 1, minimum=1)
+    req = RenderRequest(frame=frame - 1, window=parse_window(p.get("windowCenter"),
+                                                             p.get("windowWidth")),
+                        size=(size, size), media_type=mt,
+                        quality=int_param(p, "quality", 90, minimum=1, maximum=100))
+    return Response(request.app.state.renderer.render(row, req), media_type=mt,
+                    headers={"Cache-Control": "private, max-age=60"})
+
+
+def instance_rendered(request: Request) -> Response:
+    row = lookup_instance(_archive(request), request.path_params["uid"])
+    return _image_response(request, row, default_size=None)
+
+
+def instance_thumbnail(request: Request) -> Response:
+    row = lookup_instance(_archive(request), request.path_params["uid"])
+    return _image_response(request, row, default_size=128)
+
+
+def series_thumbnail(request: Request) -> Response:
+    archive = _archive(request)
+    uid = check_uid(request.path_params["uid"], "series")
+    rows = archive.find(Level.IMAGE, {"SeriesInstanceUID": uid})
+    if not rows:
+        raise HttpProblem(404, f"no series with UID {uid} in the archive")
+    return _image_response(request, rows[len(rows) // 2], default_size=128)
+
+
+def statistics(request: Request) -> Response:
+    return JSONResponse(_archive(request).stats())
+
+
+routes = [
+    Route("/patients", list_objects, methods=["GET"]),
+    Route("/studies", list_objects, methods=["GET"]),
+    Route("/series", list_objects, methods=["GET"]),
+    Route("/instances", list_objects, methods=["GET"]),
+    Route("/studies/{uid}", get_object, methods=["GET"]),
+    Route("/series/{uid}", get_object, methods=["GET"]),
+    Route("/instances/{uid}", get_object, methods=["GET"]),
+    Route("/studies/{uid}", delete_object, methods=["DELETE"]),
+    Route("/series/{uid}", delete_object, methods=["DELETE"]),
+    Route("/instances/{uid}", delete_object, methods=["DELETE"]),
+    Route("/instances/{uid}/tags", instance_tags, methods=["GET"]),
+    Route("/instances/{uid}/bulkdata/{tag}", instance_bulkdata, methods=["GET"]),
+    Route("/instances/{uid}/file", instance_file, methods=["GET"]),
+    Route("/instances/{uid}/rendered", instance_rendered, methods=["GET"]),
+    Route("/instances/{uid}/thumbnail", instance_thumbnail, methods=["GET"]),
+    Route("/series/{uid}/thumbnail", series_thumbnail, methods=["GET"]),
+    Route("/statistics", statistics, methods=["GET"]),
+]
+
+__all__ = ["routes", "DICOM_JSON"]
