@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from ..dicom import status as st
@@ -83,38 +83,12 @@ def echo_address(host: str, port: int, called_ae: str, *, calling_ae: str,
     Raises :class:`EchoError`.
     """
     target = Target(host, int(port), called_ae)
-    deadline = time.monotonic() + timeout
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    connected: list[bool] = []
-    assoc = ae.associate(host, int(port), ae_title=called_ae,
-                         evt_handlers=[NODELAY_HANDLER,
-                                       (evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
     try:
-        if not connected:
-            left = deadline - time.monotonic()
-            why = _diagnose_connect(host, int(port), min(left, 3.0)) if left > 0.05 else None
-            raise EchoError(f"{target}: {why or f'no TCP connection within {timeout:.1f} s'}",
-                            kind="unreachable", reason=why or "timeout")
-        if assoc.is_rejected:
-            rj = assoc.acceptor.primitive
-            reason = rj.reason_str if rj is not None else "no reason given"
-            kind = "permanently" if rj is not None and rj.result == 0x01 else "temporarily"
-            raise EchoError(f"{target}: association {kind} rejected: {reason}"
-                            f" (we called as {calling_ae!r})", kind="rejected", reason=reason)
-        if assoc.is_aborted:
-            raise EchoError(f"{target}: the peer aborted the association (it may not know our "
-                            f"AE title {calling_ae!r}, or refuse Verification)", kind="aborted")
-        if not assoc.is_established:
-            if time.monotonic() >= deadline - 0.05:
-                raise EchoError(f"{target}: no A-ASSOCIATE answer within {timeout:.1f} s",
-                                kind="timeout")
-            raise EchoError(f"{target}: the connection was closed before the association was "
-                            "accepted (not a DICOM port?)", kind="aborted")
+        assoc, ae = open_association(target, calling_ae, [build_context(Verification)],
+                                     timeout=timeout, what="Verification")
+    except ScuError as exc:
+        raise EchoError(str(exc), kind=exc.kind, reason=exc.reason) from None
+    try:
         t0 = time.perf_counter()
         rsp = assoc.send_c_echo()
         rtt = time.perf_counter() - t0
