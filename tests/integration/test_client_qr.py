@@ -168,10 +168,12 @@ def test_interrupted_jobs_marked_failed(client_peers, rt):
     # pretend the process died while the job was running
     with rt.archive.db.engine.begin() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.id == job.id).values(state="running"))
-    mgr._cancel[job.id].set()
+    # The first manager's worker stays blocked until the check is done: were it
+    # released first, its own final state write could land after recover()'s.
     assert JobManager(rt.archive, calling_ae=AET).recover() >= 1
     with rt.archive.db.engine.connect() as conn:
         row = conn.execute(select(jobs_table).where(jobs_table.c.id == job.id)).mappings().one()
+    mgr._cancel[job.id].set()
     assert row["state"] == "failed" and row["error"] == INTERRUPTED
     mgr._pool.shutdown(wait=False, cancel_futures=True)
 
