@@ -413,14 +413,6 @@ def all_instance_files(conn: Connection):
     return conn.execution_options(yield_per=2000).execute(q)
 
 
-def known_sop_uids(conn: Connection, uids: Iterable[str]) -> set[str]:
-    out: set[str] = set()
-    for chunk in _chunks(list(uids), 500):
-        out.update(conn.execute(select(instances.c.sop_instance_uid)
-                                .where(instances.c.sop_instance_uid.in_(chunk))).scalars())
-    return out
-
-
 
 
 # Statements of the bulk path, built once: constructing SQLAlchemy expressions

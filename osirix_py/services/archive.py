@@ -14,7 +14,6 @@ re-indexed; a row without a file is reported and removed.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import threading
@@ -663,7 +662,3 @@ def _case_insensitive(root: Path, parts: list[str]) -> Path | None:
             return None
         cur = match
     return cur
-
-
-def utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
