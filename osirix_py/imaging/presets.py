@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..dicom.pixels import Window, auto_window
+from ..resource_files import ResourceNotFound
+from ..resource_files import resources_dir as _resources_dir
 
 __all__ = [
     "PresetError",
@@ -85,21 +87,11 @@ class WindowPreset:
 
 
 def resources_dir() -> Path:
-    """The folder holding the resource files (see the module docstring)."""
-    env = os.environ.get("OSIRIX_PY_RESOURCES")
-    candidates = []
-    if env:
-        candidates.append(Path(env))
-    here = Path(__file__).resolve()
-    candidates.append(here.parents[2] / "resources")
-    candidates.append(here.parents[1] / "resources")
-    for c in candidates:
-        if (c / PRESETS_FILE).is_file():
-            return c
-    raise PresetError(
-        f"{PRESETS_FILE} not found (looked in {', '.join(str(c) for c in candidates)}); "
-        "set OSIRIX_PY_RESOURCES to the resources folder"
-    )
+    """The folder holding the resource files (see :mod:`osirix_py.resource_files`)."""
+    try:
+        return _resources_dir()
+    except ResourceNotFound as exc:
+        raise PresetError(str(exc)) from None
 
 
 def _parse(data: Any, source: str) -> dict[str, list[WindowPreset]]:
