@@ -170,6 +170,8 @@ class GuiApplication(QObject):
         if self.window is not None:
             for v in list(self.ctx.viewers):
                 v.close()
+            if self.window.qr_window is not None:
+                self.window.qr_window.close()  # stops a search in progress
             self.window.hide()
             self.window.deleteLater()
             self.window = None

@@ -32,6 +32,7 @@ from .browser_model import TREE_LEVELS, DatabaseModel, Node, format_person_name
 from .importing import start_import
 from .notify import ERROR, INFO, confirm, is_server_mode, notify, set_server_mode
 from .search import SearchBar
+from .sendto import SendToMenu
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class BrowserWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.model = DatabaseModel(ctx, self)
         self._first_load = True
+        self.qr_window = None
 
         self.search = SearchBar()
         self.tree = QTreeView()
@@ -211,6 +213,11 @@ class BrowserWindow(QMainWindow):
                                      "Open the selected series in the 2D viewer")
         self.act_delete = self._action("&Delete...", self.delete_selected, QKeySequence.StandardKey.Delete,
                                        "Delete the selected patients, studies or series")
+        self.act_query = self._action("&Query && Retrieve...", self.show_query, "Ctrl+Shift+Q",
+                                      "Search a DICOM location and retrieve its studies")
+        self.act_query.setIconText("Query")
+        self.send_menu = SendToMenu(self.ctx, self.selected_nodes, self)
+        self.send_menu.locationsRequested.connect(self.show_preferences)
         self.act_server = self._action("&Server Mode", self._toggle_server_mode, None,
                                        "Hide every window and keep the DICOM node running", checkable=True)
         # Return and Delete act on the tree only (never while typing in the search bar).
@@ -233,7 +240,8 @@ class BrowserWindow(QMainWindow):
 
         m = mb.addMenu("&File")
         for a in (self.act_import_files, self.act_import_folder, None, self.act_open, self.act_delete,
-                  None, self.act_server, None, self.act_quit):
+                  None, self.act_query, self.send_menu.menuAction(), None, self.act_server, None,
+                  self.act_quit):
             m.addSeparator() if a is None else m.addAction(a)
         m = mb.addMenu("&Edit")
         m.addAction(self.act_find)
@@ -252,7 +260,7 @@ class BrowserWindow(QMainWindow):
         tb.setObjectName("mainToolBar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         for a in (self.act_import_files, self.act_import_folder, self.act_open, self.act_delete,
-                  self.act_activity, self.act_prefs):
+                  self.act_query, self.act_activity, self.act_prefs):
             tb.addAction(a)
         self._update_actions()
 
@@ -273,7 +281,8 @@ class BrowserWindow(QMainWindow):
 
     def _tree_menu(self, pos) -> None:
         menu = QMenu(self)
-        for a in (self.act_open, self.act_delete, None, self.act_expand, self.act_collapse, self.act_refresh):
+        for a in (self.act_open, self.send_menu.menuAction(), self.act_delete, None, self.act_expand,
+                  self.act_collapse, self.act_refresh):
             menu.addSeparator() if a is None else menu.addAction(a)
         menu.exec(self.tree.viewport().mapToGlobal(pos))
 
@@ -304,6 +313,7 @@ class BrowserWindow(QMainWindow):
         nodes = self.selected_nodes()
         self.act_delete.setEnabled(bool(nodes))
         self.act_open.setEnabled(any(n.level in (Level.SERIES, Level.STUDY) for n in nodes))
+        self.send_menu.setEnabled(bool(nodes))
 
     # ------------------------------------------------------------- refresh
     def _feed_changed(self, events) -> None:
@@ -494,6 +504,21 @@ class BrowserWindow(QMainWindow):
         dlg.serverModeRequested.connect(self.set_server_mode)
         dlg.exec()
         self._update_listener_status()
+
+    def show_query(self):
+        """Open (or bring forward) the Query & Retrieve window."""
+        from .qr import show_query_window
+
+        first = self.qr_window is None
+        self.qr_window = show_query_window(self.ctx, self, self.qr_window)
+        if first and self.qr_window is not None:
+            self.qr_window.locationsRequested.connect(self._locations_from_qr)
+        return self.qr_window
+
+    def _locations_from_qr(self) -> None:
+        self.show_preferences()
+        if self.qr_window is not None:
+            self.qr_window.reload_locations()
 
     def show_shortcuts(self) -> None:
         if is_server_mode():
