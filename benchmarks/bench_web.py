@@ -8,13 +8,24 @@
   ``/api/instances/{uid}/rendered`` vs Orthanc's ``/instances/{id}/rendered``
   (Accept: image/jpeg).  Every request asks for a slice not rendered before
   (so osirix-py's render cache never answers); target: no slower than Orthanc.
+* ``wado``: WADO-RS of a whole 100-instance 512x512 CT series
+  (``GET /studies/{st}/series/{se}``, multipart/related application/dicom,
+  ~52 MB), osirix-py's ``/dicomweb`` vs Orthanc's DICOMweb plugin; every byte
+  read by the client.
 
-Both servers get the same files through storescu first.
+Both servers get the same files through storescu first.  osirix-py runs as
+configured by default, with authentication on: every request carries HTTP
+Basic credentials of a user added with ``osirix-py users add`` (checked once
+with scrypt, then from the server's credential cache).  Orthanc runs with its
+authentication off.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import ExitStack
@@ -24,6 +35,9 @@ from .harness import Context, Row, Target, register
 from .peers import Orthanc, OsirixServer, PeerError
 
 ORTHANC = "Orthanc"
+#: The osirix-py user the benchmarks log in as (HTTP Basic).
+BENCH_USER = ("bench", "bench-password-1")
+_OURS_AUTH = "Basic " + base64.b64encode(":".join(BENCH_USER).encode()).decode()
 
 
 def _unavailable(bench: str, name: str) -> list[Row] | None:
@@ -38,11 +52,21 @@ def _unavailable(bench: str, name: str) -> list[Row] | None:
 
 
 def _get(url: str, accept: str | None = None, timeout: float = 60.0) -> bytes:
-    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    headers = {"Accept": accept} if accept else {}
+    if _is_ours(url):
+        headers["Authorization"] = _OURS_AUTH
+    req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         if r.status != 200:
             raise PeerError(f"GET {url}: HTTP {r.status}")
         return r.read()
+
+
+_OURS: set[str] = set()
+
+
+def _is_ours(url: str) -> bool:
+    return any(url.startswith(u) for u in _OURS)
 
 
 def _timed_get(url: str, accept: str | None = None) -> tuple[float, bytes]:
@@ -53,9 +77,17 @@ def _timed_get(url: str, accept: str | None = None) -> tuple[float, bytes]:
 
 def _osirix(ctx: Context, stack: ExitStack) -> tuple[OsirixServer, str]:
     http_port = peers.free_port()
-    srv = stack.enter_context(OsirixServer(workdir=ctx.tempdir("osirix"),
-                                           extra_args=["--http-port", str(http_port)]))
+    srv = OsirixServer(workdir=ctx.tempdir("osirix"), extra_args=["--http-port", str(http_port)])
+    # The web server requires a user (authentication is on by default).
+    res = subprocess.run([sys.executable, "-m", "osirix_py", "--data-dir", str(srv.data_dir),
+                          "users", "add", BENCH_USER[0], "--role", "admin", "--password-stdin"],
+                         input=BENCH_USER[1] + "\n", capture_output=True, text=True,
+                         cwd=str(peers.ROOT), timeout=120)
+    if res.returncode != 0:
+        raise PeerError(f"osirix-py users add failed: {res.stderr.strip()}")
+    srv = stack.enter_context(srv)
     url = f"http://{peers.LOOPBACK}:{http_port}"
+    _OURS.add(url)
     peers.wait_until(lambda: peers.port_open(http_port), 30.0, "osirix-py HTTP server")
     return srv, url
 
@@ -148,4 +180,51 @@ def bench_rendered(ctx: Context) -> list[Row]:
               "Orthanc", higher_is_better=False, target=Target.ratio_at_least(1.0, "Orthanc"),
               samples=times["osirix-py"], peer_samples=times[ORTHANC])
     ctx.say(f"rendered: {row.ours:.1f} ms vs {row.peer:.1f} ms per slice")
+    return [row]
+
+
+@register("wado", "WADO-RS of a 100-instance 512x512 CT series (multipart/related), osirix-py "
+                  "vs Orthanc (DICOMweb plugin)")
+def bench_wado(ctx: Context) -> list[Row]:
+    label = "WADO-RS of a 100-instance CT series (512x512, ~52 MB)"
+    na = _unavailable("wado", label)
+    if na:
+        return na
+    if not peers.DICOMWEB_PLUGIN.exists():
+        return [Row("wado", label, error="not available: Orthanc's DICOMweb plugin is missing")]
+    fs = data.ct_series(1, 100)
+    series = fs.manifest["series"][0]
+    st, se, n = series["study_uid"], series["series_uid"], series["count"]
+    accept = 'multipart/related; type="application/dicom"'
+    with ExitStack() as stack:
+        srv, ours_url = _osirix(ctx, stack)
+        orth = stack.enter_context(Orthanc(shim=ctx.shim, workdir=ctx.tempdir("orthanc"),
+                                           dicomweb=True))
+        series_dir = fs.root / series["dir"]
+        peers.storescu([series_dir], aec=srv.aet, port=srv.port)
+        peers.storescu([series_dir], aec=orth.aet, port=orth.dicom_port)
+        urls = {"osirix-py": f"{ours_url}/dicomweb/studies/{st}/series/{se}",
+                ORTHANC: f"{orth.url}/dicom-web/studies/{st}/series/{se}"}
+        sizes = {}
+        for who, url in urls.items():  # warm-up, and a check of what came back
+            body = _get(url, accept, timeout=300)
+            parts = body.count(b"Content-Type: application/dicom") \
+                + body.count(b"content-type: application/dicom")
+            sizes[who] = len(body)
+            if parts != n:
+                raise PeerError(f"wado: {who} answered {parts} parts, not {n}")
+        times: dict[str, list[float]] = {k: [] for k in urls}
+        for _ in range(ctx.repeat):
+            for who, url in urls.items():
+                t0 = time.perf_counter()
+                _get(url, accept, timeout=300)
+                times[who].append((time.perf_counter() - t0) * 1e3)
+    ctx.cleanup()
+    mb = sizes["osirix-py"] / 1e6
+    row = Row("wado", label, "ms", ctx.median(times["osirix-py"]), ctx.median(times[ORTHANC]),
+              "Orthanc DICOMweb", higher_is_better=False,
+              target=Target.ratio_at_least(1.0, "Orthanc"),
+              note=f"{mb:.1f} MB from osirix-py, {sizes[ORTHANC] / 1e6:.1f} MB from Orthanc",
+              samples=times["osirix-py"], peer_samples=times[ORTHANC])
+    ctx.say(f"wado: {row.ours:.0f} ms vs {row.peer:.0f} ms for {n} instances")
     return [row]

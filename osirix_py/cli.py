@@ -123,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     n = nsub.add_parser("echo", help="C-ECHO a node")
     n.add_argument("name")
 
+    s = sub.add_parser("users", help="users of the web server (passwords, API tokens, roles)")
+    usub = s.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    u = usub.add_parser("add", help="add a user (asks for the password)")
+    u.add_argument("name")
+    u.add_argument("--role", choices=("admin", "readonly"), default="readonly",
+                   help="admin: everything; readonly: no delete, no STOW (default)")
+    u.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    u = usub.add_parser("list", help="list users")
+    u.add_argument("--json", action="store_true")
+    u = usub.add_parser("remove", help="remove a user")
+    u.add_argument("name")
+    u = usub.add_parser("passwd", help="change a user's password (and optionally role)")
+    u.add_argument("name")
+    u.add_argument("--role", choices=("admin", "readonly"), default=None)
+    u.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    u = usub.add_parser("token", help="give a user a new API token (printed once) or revoke it")
+    u.add_argument("name")
+    u.add_argument("--revoke", action="store_true", help="remove the user's token")
+
     s = sub.add_parser("query", help="C-FIND a remote node (patient/study/series/instance)")
     s.add_argument("node", help="node name (or AE title) from 'nodes list'")
     s.add_argument("filters", nargs="*", metavar="KEY=VALUE",
@@ -466,6 +487,67 @@ def cmd_nodes(args, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _read_password(args, name: str) -> str:
+    """A new password: from stdin (--password-stdin) or asked twice on the terminal."""
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password: use --password-stdin", EXIT_USAGE)
+    first = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise CliError("the passwords differ", EXIT_USAGE)
+    return first
+
+
+def cmd_users(args, settings: Settings) -> int:
+    from .db.engine import DatabaseError, open_database
+    from .web.users import UserError, UserStore
+
+    try:
+        db = open_database(settings.effective_database_url)
+    except DatabaseError as exc:
+        raise CliError(str(exc)) from None
+    store = UserStore(db)
+    try:
+        cmd = args.users_command
+        if cmd == "add":
+            user = store.add(args.name, _read_password(args, args.name), args.role)
+            print(f"user {user.name} added ({user.role})")
+        elif cmd == "passwd":
+            store.set_password(args.name, _read_password(args, args.name))
+            if args.role:
+                store.set_role(args.name, args.role)
+            print(f"password of {args.name} changed" + (f", role {args.role}" if args.role else ""))
+        elif cmd == "remove":
+            store.remove(args.name)
+            print(f"user {args.name} removed")
+        elif cmd == "token":
+            if args.revoke:
+                store.revoke_token(args.name)
+                print(f"API token of {args.name} revoked")
+            else:
+                token = store.new_token(args.name)
+                print(token)
+                print(f"(the API token of {args.name}; it is shown only now: "
+                      "send it as 'Authorization: Bearer TOKEN')", file=sys.stderr)
+        elif cmd == "list":
+            rows = [{"name": u.name, "role": u.role, "api_token": u.has_token} for u in store.list()]
+            if args.json:
+                _print_json(rows)
+            elif rows:
+                print(_table(rows, ["name", "role", "api_token"]))
+            else:
+                print("no users; add one with: osirix-py users add NAME --role admin")
+    except UserError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    finally:
+        db.dispose()
+    return EXIT_OK
+
+
 def _node_repo(settings: Settings, db):
     from .services.nodes import NodeError, NodeRepository
 
@@ -667,6 +749,7 @@ COMMANDS = {
     "import": cmd_import, "find": cmd_find, "delete": cmd_delete, "stats": cmd_stats,
     "check": cmd_check, "demo": cmd_demo, "config": cmd_config, "nodes": cmd_nodes,
     "server": cmd_server, "query": cmd_query, "retrieve": cmd_retrieve, "send": cmd_send,
+    "users": cmd_users,
 }
 
 

@@ -69,6 +69,42 @@ class HttpConfig:
     port: int = 8080
     bind_address: str = "127.0.0.1"
     enabled: bool = True
+    #: Users must log in (password, API token or HTTP Basic) for everything but
+    #: /testdbalive.  May be false only on a loopback bind address.
+    auth: bool = True
+    #: HTTPS when both are set: PEM certificate (chain) and its private key.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    #: Lifetime of a login session of the HTML5 viewer (hours).
+    session_hours: float = 12.0
+
+
+def is_loopback(address: str) -> bool:
+    """Whether *address* (a bind address) only accepts connections from this machine."""
+    import ipaddress
+
+    a = (address or "").strip().strip("[]")
+    if a.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(a).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_http(http: HttpConfig) -> HttpConfig:
+    """Refuse settings that would expose the web server without authentication."""
+    if http.enabled and not http.auth and not is_loopback(http.bind_address):
+        raise ConfigError(
+            f"[http] auth = false is only allowed on a loopback bind address, not "
+            f"{http.bind_address!r}: the web server would serve the archive to anyone who can "
+            "reach it.  Set auth = true (and add users with 'osirix-py users add'), or bind to "
+            "127.0.0.1")
+    if bool(http.ssl_certfile) != bool(http.ssl_keyfile):
+        raise ConfigError("[http] HTTPS needs both ssl_certfile and ssl_keyfile")
+    if http.session_hours <= 0:
+        raise ConfigError("[http] session_hours must be positive")
+    return http
 
 
 @dataclass(frozen=True)
@@ -235,7 +271,7 @@ def load_settings(
 
     listener = _typed("listener", raw.get("listener", {}), ListenerConfig)
     validate_ae_title(listener.ae_title)
-    http = _typed("http", raw.get("http", {}), HttpConfig)
+    http = validate_http(_typed("http", raw.get("http", {}), HttpConfig))
     nodes = tuple(_node(n, i) for i, n in enumerate(raw.get("nodes", [])))
     policy = str(raw.get("duplicate_policy", "keep"))
     if policy not in ("keep", "replace"):

@@ -12,7 +12,8 @@
 #      - curl;
 #      - postgresql: the server the PostgreSQL test starts its own throw-away cluster with;
 #      - the Qt/VTK headless libraries (Mesa GL/EGL/OSMesa, xcb, Xvfb) that the GUI and its
-#        tests need on a machine with no display.
+#        tests need on a machine with no display;
+#      - chromium (+ fonts-dejavu-core): the headless browser of the HTML5 viewer's test.
 #    `apt-get update` runs at most once, and nothing at all runs when every package is
 #    already installed, so a second run is fast.  Orthanc is installed with a temporary
 #    /usr/sbin/policy-rc.d that exits 101 so that the package does NOT start its system
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --no-system) NO_SYSTEM=1 ;;
     --gui) GUI=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -89,6 +90,9 @@ SYSTEM_PKGS=(
   # Qt on X (xcb) + a virtual X server, screenshots
   libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1
   libxcb-render-util0 libxcb-shape0 libxcb-xkb1 xvfb xauth x11-apps
+  # the HTML5 viewer's test: Debian's Chromium (/usr/bin/chromium, driven headless by
+  # Playwright from the test extra) and a font for its text
+  chromium fonts-dejavu-core
 )
 
 missing_pkgs() {  # pkg... -> prints those not installed (one dpkg-query for all)

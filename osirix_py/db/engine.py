@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from .schema import SCHEMA_VERSION, metadata, schema_info
+from .schema import SCHEMA_VERSION, metadata, schema_info, users
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,13 @@ def _ensure_schema(db: Database, *, create: bool) -> None:
     metadata.create_all(db.engine)
 
 
-#: Explicit, ordered upgrade steps: version -> SQL statements to reach version+1.
-UPGRADES: dict[int, list[str]] = {}
+#: Explicit, ordered upgrade steps: version -> steps to reach version+1.  A step
+#: is an SQL statement, or a callable taking the connection (for DDL that
+#: SQLAlchemy should spell for the dialect).
+UPGRADES: dict[int, list] = {
+    # 1 -> 2: the users table of the web server.
+    1: [lambda conn: users.create(conn, checkfirst=True)],
+}
 
 
 def upgrade(db: Database, from_version: int) -> None:
@@ -146,7 +151,10 @@ def upgrade(db: Database, from_version: int) -> None:
             if steps is None:
                 raise DatabaseError(f"no upgrade path from schema {v} to {v + 1}")
             for stmt in steps:
-                conn.execute(text(stmt))
+                if callable(stmt):
+                    stmt(conn)
+                else:
+                    conn.execute(text(stmt))
             log.warning("upgraded database schema %d -> %d", v, v + 1)
         conn.execute(
             schema_info.update().values(

@@ -29,7 +29,7 @@ from ..dicom.tags import Attribute, Level, attributes_at
 
 #: Bump when the schema changes; ``db.engine.open_database`` refuses a database
 #: with a newer version and upgrades an older one explicitly.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the users table of the web server
 
 metadata = MetaData()
 
@@ -165,6 +165,21 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+#: Users of the web server (schema 2).  Passwords are stored only as a salted
+#: scrypt hash (``scrypt$N$r$p$salt$hash``) and API tokens only as the SHA-256
+#: of the token; see :mod:`osirix_py.web.users`.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False, default="readonly"),
+    Column("token_hash", String(64), nullable=True, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
 )
 
 Index("ix_studies_date_time", studies.c.study_date, studies.c.study_time)

@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from ..config import Settings
+from ..config import ConfigError, Settings, validate_http
 from ..db.engine import Database, DatabaseError
 from ..net.scp import Listener, ListenerError
 from ..net.scu import EchoError, echo_address
@@ -64,10 +64,13 @@ class HealthReport:
 class HttpServer:
     """uvicorn serving an ASGI app in a thread, on a socket bound here (port 0 ok)."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, *, ssl_certfile: str = "",
+                 ssl_keyfile: str = ""):
         self.app = app
         self.host = host
         self.requested_port = port
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self.port: int | None = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -88,9 +91,22 @@ class HttpServer:
             raise RuntimeStartError(f"cannot listen for HTTP on {self.host}:{self.requested_port}: "
                                     f"{exc.strerror or exc}") from exc
         self.port = sock.getsockname()[1]
+        # httptools + uvloop when installed: ~1 ms less per request than h11 + asyncio.
         config = uvicorn.Config(self.app, log_config=None, access_log=True, lifespan="off",
-                                loop="asyncio", http="h11", ws="none",
-                                timeout_graceful_shutdown=HTTP_STOP_TIMEOUT)
+                                loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
+                                ws="none", timeout_graceful_shutdown=HTTP_STOP_TIMEOUT,
+                                # No X-Forwarded-For from local processes: the client address
+                                # is the socket's (the login throttle counts by it).
+                                proxy_headers=False,
+                                ssl_certfile=self.ssl_certfile or None,
+                                ssl_keyfile=self.ssl_keyfile or None)
+        if self.ssl_certfile:
+            try:
+                config.load()
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                sock.close()
+                raise RuntimeStartError(f"cannot use the HTTPS certificate {self.ssl_certfile} / "
+                                        f"key {self.ssl_keyfile}: {exc}") from exc
         server = uvicorn.Server(config)
         self._server = server
         self._sock = sock
@@ -103,7 +119,8 @@ class HttpServer:
                 self.stop()
                 raise RuntimeStartError(f"the HTTP server on {self.host}:{self.port} did not start")
             time.sleep(0.01)
-        log.info("HTTP server on http://%s:%d", self.host, self.port)
+        log.info("HTTP server on %s://%s:%d", "https" if self.ssl_certfile else "http",
+                 self.host, self.port)
 
     @staticmethod
     def _run(server, sock) -> None:
@@ -132,6 +149,12 @@ class HttpServer:
                 thread.join(2.0)
         self._server = None
         self._thread = None
+
+
+def _best(preferred: str, fallback: str) -> str:
+    import importlib.util
+
+    return preferred if importlib.util.find_spec(preferred) is not None else fallback
 
 
 def _probe_database(db: Database) -> Database:
@@ -225,9 +248,14 @@ class Runtime:
                 if self.settings.http.enabled:
                     from ..web.app import create_app
 
-                    self.http = HttpServer(create_app(self), self.settings.http.bind_address,
-                                           self.settings.http.port)
+                    h = validate_http(self.settings.http)
+                    self.http = HttpServer(create_app(self), h.bind_address, h.port,
+                                           ssl_certfile=h.ssl_certfile, ssl_keyfile=h.ssl_keyfile)
                     self.http.start()
+            except ConfigError as exc:
+                self._listener_wanted = False
+                self.listener.stop(timeout=0)
+                raise RuntimeStartError(str(exc)) from exc
             except (ListenerError, RuntimeStartError) as exc:
                 self._listener_wanted = False
                 self.listener.stop(timeout=0)

@@ -11,27 +11,39 @@ the whole app or a single area:
 * ``/dicomweb/...``: QIDO-RS, WADO-RS, STOW-RS (:mod:`.dicomweb`);
 * ``GET /wado``: WADO-URI (:mod:`.wado_uri`);
 * ``GET /openapi.json``: the OpenAPI description of all of the above;
-* ``GET /``: a minimal HTML5 study list + series viewer (``resources/web``).
+* ``GET /``: the HTML5 study list + series viewer (``resources/web``);
+* ``GET/POST /login``, ``POST /logout``, ``GET /api/me``: users (:mod:`.auth`).
+
+Everything but ``/testdbalive`` and the login page needs a user (password,
+API token, HTTP Basic or the viewer's session cookie), unless authentication
+is off in the configuration (loopback binds only): see :mod:`.auth`.
 
 Errors are JSON: ``{"error": reason, "status": code}``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import dicomweb, rest, wado_uri
+from ..config import is_loopback
+from .auth import Authenticator, AuthMiddleware, html_file, login_routes
 from .common import HttpProblem, problem_response
 from .openapi import openapi_spec
 from .render import Renderer
+from .users import UserStore
+
+log = logging.getLogger(__name__)
 
 #: The HTML5 viewer's files (served read-only under /static; Starlette refuses
 #: paths that leave this folder).
@@ -41,7 +53,30 @@ WEB_ROOT = Path(__file__).resolve().parents[2] / "resources" / "web"
 HEALTH_TIMEOUT = 3.0
 
 
-def create_app(runtime, *, render_cache_bytes: int = 64 << 20) -> Starlette:
+def make_authenticator(runtime) -> Authenticator:
+    """The authenticator the runtime's settings ask for (users in its database)."""
+    http = getattr(getattr(runtime, "settings", None), "http", None)
+    enabled = True if http is None else http.auth
+    hours = 12.0 if http is None else http.session_hours
+    store = UserStore(runtime.archive.db)
+    if enabled and http is not None and not http.ssl_certfile and not is_loopback(http.bind_address):
+        log.warning("the web server on %s has no certificate: passwords and session cookies "
+                    "cross the network in clear text (set [http] ssl_certfile / ssl_keyfile)",
+                    http.bind_address)
+    if enabled:
+        try:
+            if store.count() == 0:
+                log.warning("the web server requires a login but there are no users yet: "
+                            "add one with 'osirix-py users add NAME --role admin'")
+        except Exception as exc:  # noqa: BLE001 - reported, the server still starts
+            log.error("cannot read the users table: %s", exc)
+    return Authenticator(store, enabled=enabled, session_seconds=hours * 3600.0)
+
+
+def create_app(runtime, *, render_cache_bytes: int = 64 << 20,
+               auth: Authenticator | None = None) -> Starlette:
+    auth = auth if auth is not None else make_authenticator(runtime)
+
     async def testdbalive(request: Request) -> PlainTextResponse:
         report = await run_in_threadpool(runtime.health, HEALTH_TIMEOUT)
         return PlainTextResponse(report.text, status_code=200 if report.ok else 503,
@@ -55,26 +90,28 @@ def create_app(runtime, *, render_cache_bytes: int = 64 << 20) -> Starlette:
 
     routes = [
         Route("/testdbalive", testdbalive, methods=["GET", "HEAD"]),
+        *login_routes(WEB_ROOT),
         Mount("/api", routes=rest.routes, name="api"),
         Mount("/dicomweb", routes=dicomweb.routes, name="dicomweb"),
         Route("/wado", wado_uri.wado, methods=["GET"]),
     ]
     if (WEB_ROOT / "index.html").is_file():
-        async def index(request: Request) -> FileResponse:
+        async def index(request: Request):
             """The HTML5 study list and series viewer."""
-            return FileResponse(WEB_ROOT / "index.html", media_type="text/html",
-                                headers={"Cache-Control": "no-cache"})
+            return html_file(WEB_ROOT / "index.html")
 
         routes += [Route("/", index, methods=["GET"]),
                    Mount("/static", app=StaticFiles(directory=WEB_ROOT), name="static")]
     app = Starlette(routes=routes, exception_handlers={HttpProblem: on_problem,
-                                                       HTTPException: on_http})
+                                                       HTTPException: on_http},
+                    middleware=[Middleware(AuthMiddleware, auth=auth)])
 
     def spec(request: Request) -> JSONResponse:
         return JSONResponse(openapi_spec(app.routes))
 
     app.router.routes.append(Route("/openapi.json", spec, methods=["GET"]))
     app.state.runtime = runtime
+    app.state.auth = auth
     app.state.renderer = Renderer(runtime.archive, cache_bytes=render_cache_bytes) \
         if getattr(runtime, "archive", None) is not None else None
     return app

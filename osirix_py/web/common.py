@@ -43,6 +43,13 @@ def problem_response(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason, "status": status}, status_code=status)
 
 
+def require_admin(request: Request) -> None:
+    """403 unless the request's user (set by :mod:`.auth`) may change data."""
+    user = request.scope.get("user")
+    if user is None or not user.is_admin:
+        raise HttpProblem(403, "this needs an admin user")
+
+
 def check_uid(uid: str, what: str) -> str:
     if not UID_RE.match(uid or ""):
         raise HttpProblem(404, f"no {what} with UID {uid[:80]!r} (not a valid UID)")

@@ -31,6 +31,16 @@ def stream_parts(parts: Iterable[tuple[dict[str, str], bytes]], boundary: str) -
     yield b"--" + b + b"--\r\n"
 
 
+def part_head(headers: dict[str, str], boundary: str) -> bytes:
+    """The delimiter and header lines that open one part."""
+    return b"--" + boundary.encode("ascii") + b"\r\n" + b"".join(
+        f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()) + b"\r\n"
+
+
+def closing(boundary: str) -> bytes:
+    return b"--" + boundary.encode("ascii") + b"--\r\n"
+
+
 def boundary_of(ctype: str) -> str | None:
     m = _BOUNDARY_RE.search(ctype or "")
     return (m.group(1) or m.group(2)) if m else None

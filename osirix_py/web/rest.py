@@ -8,17 +8,21 @@ Lists take DICOM matching on the attribute table as query parameters
 from __future__ import annotations
 
 import io
+import json
 
+import numpy as np
 import pydicom
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..dicom import pixels
 from ..dicom.tags import Level
 from ..services.archive import ArchiveError
 from .common import (DICOM_JSON, HttpProblem, check_uid, dicom_json_response, find_one, int_param,
-                     lookup_instance, matching_query, plain_row, run_find)
-from .render import RenderRequest, choose_media_type, parse_window
+                     lookup_instance, matching_query, plain_row, require_admin, run_find)
+from .render import RenderRequest, _effective_window, choose_media_type, parse_window, to_display
 
 LIST_MAX = 10000
 _LEVELS = {"patients": Level.PATIENT, "studies": Level.STUDY, "series": Level.SERIES,
@@ -62,6 +66,7 @@ def get_object(request: Request) -> Response:
 
 
 def delete_object(request: Request) -> Response:
+    require_admin(request)
     level = _level_of(request)
     uid = check_uid(request.path_params["uid"], _WHAT[level])
     try:
@@ -110,7 +115,7 @@ def instance_file(request: Request) -> Response:
     return Response(archive.read_instance(row), media_type="application/dicom", headers=headers)
 
 
-def _image_response(request: Request, row: dict, *, default_size: int | None) -> Response:
+def _render_request(request: Request, default_size: int | None) -> RenderRequest:
     p = request.query_params
     mt = choose_media_type(p.get("format") and f"image/{p['format'].lower()}"
                            or request.headers.get("accept"))
@@ -122,18 +127,47 @@ def _image_response(request: Request, row: dict, *, default_size: int | None) ->
                                                              p.get("windowWidth")),
                         size=(size, size), media_type=mt,
                         quality=int_param(p, "quality", 90, minimum=1, maximum=100))
-    return Response(request.app.state.renderer.render(row, req), media_type=mt,
-                    headers={"Cache-Control": "private, max-age=60"})
+    return req
 
 
-def instance_rendered(request: Request) -> Response:
+def _image(data: bytes, req: RenderRequest) -> Response:
+    return Response(data, media_type=req.media_type, headers={"Cache-Control": "private, max-age=60"})
+
+
+def _image_response(request: Request, row: dict, *, default_size: int | None) -> Response:
+    req = _render_request(request, default_size)
+    return _image(request.app.state.renderer.render(row, req), req)
+
+
+#: Files up to this size are rendered in the event loop: a single-frame image
+#: costs ~2 ms of CPU that holds the GIL anyway, and a hop to a worker thread and
+#: back costs two thread wake-ups (slow on a busy machine).  Bigger files (multi-
+#: frame, compressed) are decoded in a worker thread.
+INLINE_RENDER_BYTES = 2 << 20
+
+
+async def _image_response_async(request: Request, default_size: int | None) -> Response:
+    req = _render_request(request, default_size)
     row = lookup_instance(_archive(request), request.path_params["uid"])
-    return _image_response(request, row, default_size=None)
+    renderer = request.app.state.renderer
+    data = renderer.cached(row, req)
+    if data is None:
+        if (row.get("_file_size") or 1 << 62) <= INLINE_RENDER_BYTES:
+            data = renderer.render(row, req)
+        else:
+            data = await run_in_threadpool(renderer.render, row, req)
+    return _image(data, req)
 
 
-def instance_thumbnail(request: Request) -> Response:
-    row = lookup_instance(_archive(request), request.path_params["uid"])
-    return _image_response(request, row, default_size=128)
+async def instance_rendered(request: Request) -> Response:
+    """The instance rendered as JPEG or PNG (``frame``, ``windowCenter``/``windowWidth``,
+    ``size``, ``quality``)."""
+    return await _image_response_async(request, None)
+
+
+async def instance_thumbnail(request: Request) -> Response:
+    """A thumbnail of the instance (128 pixels unless ``size`` is given)."""
+    return await _image_response_async(request, 128)
 
 
 def series_thumbnail(request: Request) -> Response:
@@ -143,6 +177,54 @@ def series_thumbnail(request: Request) -> Response:
     if not rows:
         raise HttpProblem(404, f"no series with UID {uid} in the archive")
     return _image_response(request, rows[len(rows) // 2], default_size=128)
+
+
+def instance_pixels(request: Request) -> Response:
+    """Raw pixels of one frame for the HTML5 viewer, which windows them itself.
+
+    The body is the frame, little endian, row by row: stored values as
+    ``uint8``/``int16``/``uint16``, ``float32`` modality values for anything
+    else, or ``rgb8`` for colour images.  ``X-Pixel-Info`` (JSON) says how to
+    read and show it: rows, columns, dtype, slope, intercept, the default
+    window (modality units), min/max (modality units), invert, frames and
+    pixel spacing.
+    """
+    row = lookup_instance(_archive(request), request.path_params["uid"])
+    index = int_param(request.query_params, "frame", 1, minimum=1) - 1
+    frame = request.app.state.renderer.frame(row, index)
+    p, stored = frame.pipeline, frame.stored
+    slope, intercept = p.modality.slope, p.modality.intercept
+    kind = stored.dtype.kind + str(stored.dtype.itemsize)
+    if p.is_color or stored.ndim == 3:
+        body, dtype = np.ascontiguousarray(to_display(frame)), "rgb8"
+        lo, hi, slope, intercept = 0.0, 255.0, 1.0, 0.0
+    elif kind in ("u1", "i2", "u2") and p.modality.lut is None and not p.voi_luts \
+            and p.padding is None:
+        body = np.ascontiguousarray(stored, dtype=stored.dtype.newbyteorder("<"))
+        dtype = {"u1": "uint8", "i2": "int16", "u2": "uint16"}[kind]
+        lo, hi = float(stored.min()), float(stored.max())
+        lo, hi = p.modality.output_range(lo, hi)
+    else:
+        # A modality LUT table, a VOI LUT, padding or an unusual type: send what the
+        # viewer can window linearly (modality values; padding as the minimum).
+        vals = p.modality.apply(stored, np.float64)
+        if p.padding is not None:
+            pad = (stored >= p.padding[0]) & (stored <= p.padding[1])
+            if (~pad).any():
+                vals[pad] = vals[~pad].min()
+        body, dtype = np.ascontiguousarray(vals, dtype="<f4"), "float32"
+        slope, intercept = 1.0, 0.0
+        lo, hi = float(vals.min()), float(vals.max())
+    w = _effective_window(p, None) if dtype != "rgb8" else None
+    if w is None:
+        w = pixels.Window.from_range(lo, hi, "LINEAR")
+    info = {"rows": int(body.shape[0]), "columns": int(body.shape[1]), "dtype": dtype,
+            "slope": slope, "intercept": intercept, "center": w.center, "width": w.width,
+            "min": lo, "max": hi, "invert": bool(p.invert) and dtype != "rgb8",
+            "frames": frame.frames, "spacing": list(frame.spacing) if frame.spacing else None}
+    return Response(body.tobytes(), media_type="application/octet-stream",
+                    headers={"X-Pixel-Info": json.dumps(info, separators=(",", ":")),
+                             "Cache-Control": "private, max-age=300"})
 
 
 def statistics(request: Request) -> Response:
@@ -165,6 +247,7 @@ routes = [
     Route("/instances/{uid}/file", instance_file, methods=["GET"]),
     Route("/instances/{uid}/rendered", instance_rendered, methods=["GET"]),
     Route("/instances/{uid}/thumbnail", instance_thumbnail, methods=["GET"]),
+    Route("/instances/{uid}/pixels", instance_pixels, methods=["GET"]),
     Route("/series/{uid}/thumbnail", series_thumbnail, methods=["GET"]),
     Route("/statistics", statistics, methods=["GET"]),
 ]

@@ -16,8 +16,13 @@ from conftest import make_settings
 
 dicomweb_client = pytest.importorskip("dicomweb_client")
 from dicomweb_client.api import DICOMwebClient  # noqa: E402
+from dicomweb_client.session_utils import create_session_from_user_pass  # noqa: E402
 
 from osirix_py.server.runtime import Runtime  # noqa: E402
+from osirix_py.web.users import UserStore  # noqa: E402
+
+#: The web server requires a user: the tests log in as this admin (HTTP Basic).
+ADMIN = ("dicomweb-admin", "dicomweb-admin-password")
 
 
 def _part10(ds) -> bytes:
@@ -36,6 +41,7 @@ def web(tmp_path_factory, synthetic_dir):
     for ds in synthetic.make_ct_series(patient_name="A^B", patient_id="AB-1", slices=3, rows=64,
                                        columns=64, seed=7, accession="ACCAB"):
         rt.archive.store_bytes(_part10(ds), origin="test")
+    UserStore(rt.archive.db).add(*ADMIN, role="admin")
     rt.start()
     yield rt
     rt.stop(timeout=2.0)
@@ -43,12 +49,15 @@ def web(tmp_path_factory, synthetic_dir):
 
 @pytest.fixture(scope="module")
 def client(web):
-    return DICOMwebClient(url=f"http://127.0.0.1:{web.http_port}/dicomweb")
+    # A DICOMweb client authenticates with HTTP Basic (the server requires a user).
+    return DICOMwebClient(url=f"http://127.0.0.1:{web.http_port}/dicomweb",
+                          session=create_session_from_user_pass(*ADMIN))
 
 
 @pytest.fixture(scope="module")
 def http(web):
-    with httpx.Client(base_url=f"http://127.0.0.1:{web.http_port}", timeout=30) as c:
+    with httpx.Client(base_url=f"http://127.0.0.1:{web.http_port}", timeout=30,
+                      auth=ADMIN) as c:
         yield c
 
 

@@ -12,6 +12,11 @@ from conftest import make_settings
 from PIL import Image
 
 from osirix_py.server.runtime import Runtime
+from osirix_py.web.users import UserStore
+
+
+#: The web server requires a user: the tests log in as this admin (HTTP Basic).
+ADMIN = ("rest-admin", "rest-admin-password")
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +25,7 @@ def web(tmp_path_factory, synthetic_dir):
     rt = Runtime(make_settings(d, http=True))
     rep = rt.archive.import_paths([synthetic_dir])
     assert rep.imported == 120, rep.summary()
+    UserStore(rt.archive.db).add(*ADMIN, role="admin")
     rt.start()
     yield rt
     rt.stop(timeout=2.0)
@@ -27,7 +33,8 @@ def web(tmp_path_factory, synthetic_dir):
 
 @pytest.fixture(scope="module")
 def http(web):
-    with httpx.Client(base_url=f"http://127.0.0.1:{web.http_port}", timeout=30) as c:
+    with httpx.Client(base_url=f"http://127.0.0.1:{web.http_port}", timeout=30,
+                      auth=ADMIN) as c:
         yield c
 
 
@@ -126,6 +133,26 @@ def test_thumbnails(http, ct_instance):
                  params={"size": 48, "format": "png"})
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (48, 48)
+
+
+def test_raw_pixels_for_the_html5_viewer(http, web, ct_instance):
+    import json
+
+    sop = ct_instance["SOPInstanceUID"]
+    r = http.get(f"/api/instances/{sop}/pixels")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    info = json.loads(r.headers["x-pixel-info"])
+    row = web.archive.find("IMAGE", {"SOPInstanceUID": sop})[0]
+    ds = pydicom.dcmread(io.BytesIO(web.archive.read_instance(row)))
+    assert (info["rows"], info["columns"], info["frames"]) == (ds.Rows, ds.Columns, 1)
+    assert info["dtype"] == ("int16" if ds.PixelRepresentation else "uint16")
+    assert np.array_equal(np.frombuffer(r.content, "<" + ("i2" if ds.PixelRepresentation else "u2"))
+                          .reshape(ds.Rows, ds.Columns), ds.pixel_array)
+    assert (info["slope"], info["intercept"]) == (float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    assert (info["center"], info["width"]) == (float(ds.WindowCenter), float(ds.WindowWidth))
+    assert info["min"] <= info["max"] and info["invert"] is False
+    assert http.get(f"/api/instances/{sop}/pixels", params={"frame": 2}).status_code == 404
+    assert http.get("/api/instances/1.2.3/pixels").status_code == 404
 
 
 def test_unknown_uids_404(http):
