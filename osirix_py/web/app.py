@@ -24,7 +24,6 @@ Errors are JSON: ``{"error": reason, "status": code}``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import dicomweb, rest, wado_uri
 from ..config import is_loopback
+from ..resource_files import resources_dir
 from .auth import Authenticator, AuthMiddleware, html_file, login_routes
 from .common import HttpProblem, problem_response
 from .openapi import openapi_spec
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: The HTML5 viewer's files (served read-only under /static; Starlette refuses
 #: paths that leave this folder).
-WEB_ROOT = Path(__file__).resolve().parents[2] / "resources" / "web"
+WEB_ROOT = resources_dir() / "web"
 
 #: Seconds each health check may take.
 HEALTH_TIMEOUT = 3.0
