@@ -9,6 +9,15 @@ cursor and the ROIs of the slice.  Pixels go through the imaging core only:
 
 Mouse: left = current tool (W/L by default), right-drag = W/L, middle-drag =
 pan, wheel = slices, Ctrl+wheel = zoom around the cursor.
+
+Paint path (scrolling and W/L drags run at well over 60 frames a second on
+512x512 slices): the pipeline's cached 8-bit LUT is composed once per window
+with a grey -> RGB32 table, so a frame is one ``np.take`` of the stored
+values into a reused 32-bit buffer that a QImage wraps without a copy (Qt
+scales RGB32 about twice as fast as Grayscale8).  The 8-bit image that tests
+and exports compare with the imaging core (:meth:`ImageView.rendered`) is
+made only when asked for.  Overlay lines that depend only on the series, and
+the orientation letters, are cached.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from ..imaging.roi import ImageReference
 from .browser_model import format_person_name, format_value
 from .notify import is_server_mode
 from .presets import initial_window, preset_window
-from .qimage import to_qimage
+from .qimage import wrap_qimage
 from .roi_items import (
     DEFAULT_COLOR,
     ROI_TOOLS,
@@ -56,6 +65,11 @@ log = logging.getLogger(__name__)
 TOOLS = ("wl", "pan", "zoom", "select", *ROI_TOOLS)
 HIT_PX = 6.0
 MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
+
+#: Grey level -> opaque RGB32 pixel.
+_GREY32 = (np.uint32(0xFF000000) | (np.arange(256, dtype=np.uint32) * np.uint32(0x010101))).astype(np.uint32)
+_UNSIGNED_VIEW = {np.dtype(np.int16): np.uint16, np.dtype(np.uint16): np.uint16,
+                  np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.uint8}
 
 
 class ImageView(QWidget):
@@ -92,12 +106,20 @@ class ImageView(QWidget):
         self._qimage: QImage | None = None
         self._qimage_key = None
         self._rendered: np.ndarray | None = None
+        self._rendered_key = None
+        self._buf32: np.ndarray | None = None
+        self._lut32: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._static_overlay: tuple[int, list[str], list[str]] | None = None
+        self._letters_cache: dict[tuple, dict[str, str]] = {}
+        self._study_rois: dict[str, list] | None = None
         self._error = ""
         self._drag: dict | None = None
         self._draft: dict | None = None
         self._cursor_img: tuple[float, float] | None = None
         self._rois: dict[tuple[str, int], list[RoiItem]] = {}
         self.selected: RoiItem | None = None
+        #: Paint events that drew an image (benchmarks and tests watch it).
+        self.frames_painted = 0
         self._font = QFont(self.font())
         self._font.setPointSizeF(max(8.0, self._font.pointSizeF()))
 
@@ -105,6 +127,9 @@ class ImageView(QWidget):
     def set_stack(self, stack: SeriesStack, index: int = 0) -> None:
         self.stack = stack
         self.window = None
+        self._static_overlay = None
+        self._lut32.clear()
+        self._study_rois = self._fetch_study_rois(stack)
         self._rois.clear()
         self.selected = None
         self._draft = None
@@ -320,6 +345,20 @@ class ImageView(QWidget):
 
     def orientation_letters(self) -> dict[str, str]:
         """Letters for the four screen edges (after rotation and flips)."""
+        dec = self.stack.cached(self.index) if self.stack is not None else None
+        if dec is None or not dec.has_geometry:
+            return {"left": "", "right": "", "top": "", "bottom": ""}
+        pl = dec.plane
+        key = (pl.row_cosine.tobytes(), pl.col_cosine.tobytes(), pl.pixel_spacing, self.rotation,
+               self.flip_h, self.flip_v)
+        hit = self._letters_cache.get(key)
+        if hit is None:
+            if len(self._letters_cache) > 64:
+                self._letters_cache.clear()
+            hit = self._letters_cache[key] = self._compute_letters()
+        return dict(hit)
+
+    def _compute_letters(self) -> dict[str, str]:
         out = {}
         for edge, (dx, dy) in {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}.items():
             v = self.screen_direction(dx, dy)
@@ -333,8 +372,43 @@ class ImageView(QWidget):
     # ============================================================ rendering
     def rendered(self) -> np.ndarray | None:
         """The 8-bit image of the current slice as the view shows it (before zoom)."""
-        self._ensure_image()
+        dec = self.current()
+        if dec is None:
+            return None
+        key = (self.stack.series_uid, self.index, id(dec), self.window, self.invert)
+        if key != self._rendered_key or self._rendered is None:
+            try:
+                self._rendered = self._render8(dec)
+            except Exception as exc:  # noqa: BLE001 - shown in the view
+                self._error = f"Cannot display this image: {exc}"
+                return None
+            self._rendered_key = key
         return self._rendered
+
+    def _render8(self, dec: Decoded) -> np.ndarray:
+        img8 = dec.pipeline.render(dec.stored, None if dec.is_color else self.window)
+        if self.invert:
+            img8 = 255 - img8
+        return np.ascontiguousarray(img8, dtype=np.uint8)
+
+    def _grey_lut32(self, dec: Decoded) -> tuple[np.ndarray, np.ndarray] | None:
+        """(stored viewed as unsigned, RGB32 LUT of the whole chain), or None for the generic path."""
+        arr = dec.stored
+        view = _UNSIGNED_VIEW.get(arr.dtype)
+        if dec.is_color or arr.ndim != 2 or view is None or not arr.flags.c_contiguous:
+            return None
+        pipe = dec.pipeline
+        w = self.window
+        if w is None and not pipe.windows and not pipe.voi_luts:
+            w = pipe.default_window(arr)  # what DisplayPipeline.render does for such a frame
+        lut8 = pipe.lut(arr.dtype, w)  # cached by the (shared) pipeline
+        k = (id(lut8), self.invert)
+        hit = self._lut32.get(k)
+        if hit is None or hit[0] is not lut8:
+            if len(self._lut32) > 8:
+                self._lut32.clear()
+            hit = self._lut32[k] = (lut8, np.take(_GREY32, (255 - lut8) if self.invert else lut8))
+        return arr.view(view), hit[1]
 
     def _ensure_image(self) -> QImage | None:
         dec = self.current()
@@ -344,15 +418,22 @@ class ImageView(QWidget):
         key = (self.stack.series_uid, self.index, id(dec), self.window, self.invert)
         if key != self._qimage_key or self._qimage is None:
             try:
-                img8 = dec.pipeline.render(dec.stored, None if dec.is_color else self.window)
+                fast = self._grey_lut32(dec)
+                if fast is not None:
+                    idx, lut32 = fast
+                    h, w = idx.shape
+                    if self._buf32 is None or self._buf32.shape != (h, w):
+                        self._buf32 = np.empty((h, w), np.uint32)
+                    np.take(lut32, idx, out=self._buf32)
+                    self._qimage = QImage(self._buf32.data, w, h, w * 4, QImage.Format.Format_RGB32)
+                else:
+                    img8 = self._render8(dec)
+                    self._rendered, self._rendered_key = img8, key
+                    self._qimage = wrap_qimage(img8)
             except Exception as exc:  # noqa: BLE001 - shown in the view
                 self._error = f"Cannot display this image: {exc}"
                 self._qimage = None
                 return None
-            if self.invert:
-                img8 = 255 - img8
-            self._rendered = img8
-            self._qimage = to_qimage(img8)
             self._qimage_key = key
         return self._qimage
 
@@ -368,6 +449,8 @@ class ImageView(QWidget):
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
             p.drawImage(QPointF(0, 0), img)
             p.restore()
+            self.frames_painted += 1
+            self.stack.start_loading()  # the rest of the series loads once an image shows (cheap)
             self._paint_rois(p)
         if self._error:
             p.setPen(QColor(255, 120, 120))
@@ -385,19 +468,9 @@ class ImageView(QWidget):
     def overlay_text(self) -> dict[str, list[str]]:
         """The four corners' lines (also what tests read)."""
         st = self.stack
-        info = st.info if st is not None else {}
         s = self.current_slice()
         dec = self.stack.cached(self.index) if st is not None else None
-        name = format_person_name(str(info.get("PatientName") or ""))
-        tl = [name or "(no name)", f"ID: {info.get('PatientID') or ''}"]
-        dob = format_value(find_attribute("PatientBirthDate"), info.get("PatientBirthDate"))
-        if dob or info.get("PatientSex"):
-            tl.append(f"{dob} {info.get('PatientSex') or ''}".strip())
-        study_date = format_value(find_attribute("StudyDate"), info.get("StudyDate"))
-        study_time = format_value(find_attribute("StudyTime"), info.get("StudyTime"))
-        tr = [str(info.get("StudyDescription") or ""), f"{study_date} {study_time}".strip(),
-              f"Se: {info.get('SeriesNumber') or ''} {info.get('SeriesDescription') or ''}".strip(),
-              str(info.get("InstitutionName") or "")]
+        tl, tr = self._series_lines()
         bl = []
         if st is not None and s is not None:
             inst = s.row.get("InstanceNumber")
@@ -425,7 +498,27 @@ class ImageView(QWidget):
                 br.append(f"X: {c}  Y: {r} px")
                 value = f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}"
                 br.append(f"Value: {value} {units}".rstrip())
-        return {"tl": tl, "tr": [x for x in tr if x], "bl": bl, "br": br}
+        return {"tl": list(tl), "tr": list(tr), "bl": bl, "br": br}
+
+    def _series_lines(self) -> tuple[list[str], list[str]]:
+        """The top corners: patient and study lines (they change only with the series)."""
+        st = self.stack
+        if self._static_overlay is not None and self._static_overlay[0] == id(st):
+            return self._static_overlay[1], self._static_overlay[2]
+        info = st.info if st is not None else {}
+        name = format_person_name(str(info.get("PatientName") or ""))
+        tl = [name or "(no name)", f"ID: {info.get('PatientID') or ''}"]
+        dob = format_value(find_attribute("PatientBirthDate"), info.get("PatientBirthDate"))
+        if dob or info.get("PatientSex"):
+            tl.append(f"{dob} {info.get('PatientSex') or ''}".strip())
+        study_date = format_value(find_attribute("StudyDate"), info.get("StudyDate"))
+        study_time = format_value(find_attribute("StudyTime"), info.get("StudyTime"))
+        tr = [str(info.get("StudyDescription") or ""), f"{study_date} {study_time}".strip(),
+              f"Se: {info.get('SeriesNumber') or ''} {info.get('SeriesDescription') or ''}".strip(),
+              str(info.get("InstitutionName") or "")]
+        tr = [x for x in tr if x]
+        self._static_overlay = (id(st), tl, tr)
+        return tl, tr
 
     def _paint_overlays(self, p: QPainter) -> None:
         p.setFont(self._font)
@@ -564,11 +657,15 @@ class ImageView(QWidget):
             self._measure_all()
             return
         items = []
-        try:
-            stored = self.ctx.rois.for_instance(s.sop_instance_uid)
-        except Exception as exc:  # noqa: BLE001 - the image is still shown
-            log.warning("cannot load ROIs of %s: %s", s.sop_instance_uid, exc)
-            stored = []
+        if self._study_rois is not None:
+            # One query per series (set_stack), not one per slice scrolled through.
+            stored = self._study_rois.get(s.sop_instance_uid, [])
+        else:
+            try:
+                stored = self.ctx.rois.for_instance(s.sop_instance_uid)
+            except Exception as exc:  # noqa: BLE001 - the image is still shown
+                log.warning("cannot load ROIs of %s: %s", s.sop_instance_uid, exc)
+                stored = []
         for r in stored:
             if r.frame != s.frame:
                 continue
@@ -578,6 +675,20 @@ class ImageView(QWidget):
                 log.warning("ROI %s unreadable: %s", r.id, exc)
         self._rois[s.key] = items
         self._measure_all()
+
+    def _fetch_study_rois(self, stack: SeriesStack) -> dict[str, list] | None:
+        """The saved ROIs of the stack's study by SOP Instance UID (None: ask per slice)."""
+        study = str(stack.info.get("StudyInstanceUID") or "")
+        if not study:
+            return None
+        try:
+            out: dict[str, list] = {}
+            for r in self.ctx.rois.for_study(study):
+                out.setdefault(r.sop_instance_uid, []).append(r)
+            return out
+        except Exception as exc:  # noqa: BLE001 - fall back to one query per slice
+            log.warning("cannot load the ROIs of study %s: %s", study, exc)
+            return None
 
     def _measure_all(self) -> None:
         dec = self.current()
@@ -740,6 +851,8 @@ class ImageView(QWidget):
         self._cursor_img = img
         d = self._drag
         if d is not None:
+            if self.stack is not None:
+                self.stack.interacting()
             mode = d["mode"]
             if mode == "wl" and d["window"] is not None:
                 dx, dy = pos.x() - d["pos"].x(), pos.y() - d["pos"].y()

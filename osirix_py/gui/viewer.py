@@ -1,12 +1,18 @@
-"""The 2D viewer window: one to four image panes, tools, presets, cine, export."""
+"""The 2D viewer window: one to four image panes, MPR, tools, presets, cine, export.
+
+Slices arrive progressively (:mod:`.series` loads them in a background thread
+after the first one is shown); each pane's slider shows how much is loaded.
+The "MPR" layout replaces the panes by the axial, coronal and sagittal views
+of the active pane's series (:mod:`.mpr`), built off the GUI thread.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSignalBlocker, Qt, QTimer
-from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtCore import QRectF, QSignalBlocker, Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QColor, QGuiApplication, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -17,6 +23,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QSlider,
     QSpinBox,
+    QStackedWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -24,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from ..dicom.tags import Level
 from .imageview import ImageView
+from .mpr import MprWidget
 from .notify import ERROR, WARNING, is_server_mode, notify
 from .presets import presets_for_modality
 from .series import SeriesStack
@@ -32,6 +40,33 @@ from .shortcuts import VIEWER_COMMANDS, ShortcutsDialog
 log = logging.getLogger(__name__)
 
 LAYOUTS = {"layout_1x1": (1, 1), "layout_1x2": (1, 2), "layout_2x2": (2, 2)}
+MPR_LAYOUT = "layout_mpr"
+
+
+class LoadSlider(QSlider):
+    """A slice slider whose groove fills as the series' slices are decoded."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(Qt.Orientation.Horizontal, parent)
+        self.loaded = 1.0  # fraction of slices decoded
+
+    def set_loaded(self, fraction: float) -> None:
+        fraction = max(0.0, min(1.0, fraction))
+        if abs(fraction - self.loaded) >= 0.005 or (fraction == 1.0) != (self.loaded == 1.0):
+            self.loaded = fraction
+            self.setToolTip("" if fraction >= 1.0 else f"Loading: {fraction * 100:.0f}% of the images")
+            self.update()
+
+    def paintEvent(self, event):  # noqa: N802
+        super().paintEvent(event)
+        if self.loaded >= 1.0:
+            return
+        p = QPainter(self)
+        h = 3.0
+        r = QRectF(2, self.height() - h - 1, (self.width() - 4) * self.loaded, h)
+        p.fillRect(QRectF(2, r.y(), self.width() - 4, h), QColor(90, 90, 90, 120))
+        p.fillRect(r, QColor(60, 140, 230))
+        p.end()
 
 
 class Pane(QWidget):
@@ -41,7 +76,7 @@ class Pane(QWidget):
         super().__init__(parent)
         self.ctx = ctx
         self.view = ImageView(ctx)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider = LoadSlider()
         self.slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.slider.setObjectName("sliceSlider")
         self.series_combo = QComboBox()
@@ -67,15 +102,20 @@ class Pane(QWidget):
         self.stack = stack
         with QSignalBlocker(self.slider):
             self.slider.setRange(0, max(0, len(stack) - 1))
+        self.slider.set_loaded(stack.progress())
         self.view.set_stack(stack, index)
 
     def stack_changed(self, what: str) -> None:
         """The stack's loader progressed (GUI thread)."""
-        if what == "order" and self.stack is not None:
+        if self.stack is None:
+            return
+        self.slider.set_loaded(self.stack.progress())
+        if what == "order":
             s = self.view.current_slice()
             if s is not None:
                 self.view.remap_after_reorder(s.key)
-        self.view.update()
+        if what not in ("decoded", "headers"):  # the slice on screen was decoded on demand: nothing new
+            self.view.update()
 
     def _slice_changed(self, index: int) -> None:
         with QSignalBlocker(self.slider):
@@ -99,6 +139,7 @@ class ViewerWindow(QMainWindow):
         self.panes: list[Pane] = []
         self.active_pane: Pane | None = None
         self.layout_id = "layout_1x1"
+        self.mpr: MprWidget | None = None
         self._syncing = False
         self.actions: dict[str, QAction] = {}
         from .browser_model import format_person_name
@@ -109,7 +150,9 @@ class ViewerWindow(QMainWindow):
         self.grid = QGridLayout(self.grid_host)
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setSpacing(2)
-        self.setCentralWidget(self.grid_host)
+        self.central = QStackedWidget()
+        self.central.addWidget(self.grid_host)
+        self.setCentralWidget(self.central)
         self.cine_timer = QTimer(self)
         self.cine_timer.timeout.connect(self._cine_tick)
         self.fps = QSpinBox()
@@ -159,11 +202,13 @@ class ViewerWindow(QMainWindow):
             "prev_series": lambda: self.switch_series(-1), "next_series": lambda: self.switch_series(1),
             "cine": self.toggle_cine, "sync": lambda on: None,
             "delete_roi": lambda: self.view.delete_selected_roi(), "cancel": lambda: self.view.cancel(),
-            "wl_default": lambda: self.view.default_window(), "wl_full": lambda: self.view.full_window(),
-            "invert": lambda on: self.view.set_invert(on),
+            "wl_default": lambda: self.mpr.default_window() if self.mpr_active else self.view.default_window(),
+            "wl_full": lambda: self.view.full_window(),
+            "invert": lambda on: self.mpr.set_invert(on) if self.mpr_active else self.view.set_invert(on),
             "rotate_cw": lambda: self.view.rotate(90), "rotate_ccw": lambda: self.view.rotate(-90),
             "flip_h": lambda: self.view.flip(True), "flip_v": lambda: self.view.flip(False),
-            "fit": lambda: self.view.fit(), "actual_size": lambda: self.view.actual_size(),
+            "fit": lambda: self.mpr.fit() if self.mpr_active else self.view.fit(),
+            "actual_size": lambda: self.view.actual_size(),
             "zoom_in": lambda: self.view.set_zoom(self.view.zoom * 1.25),
             "zoom_out": lambda: self.view.set_zoom(self.view.zoom / 1.25),
             "reset": lambda: self.view.reset_view(),
@@ -180,7 +225,7 @@ class ViewerWindow(QMainWindow):
                 tool = c.id[5:]
                 a.triggered.connect(lambda _=False, t=tool: self.set_tool(t))
                 self.tool_group.addAction(a)
-            elif c.id in LAYOUTS:
+            elif c.id in LAYOUTS or c.id == MPR_LAYOUT:
                 a.triggered.connect(lambda _=False, lid=c.id: self.set_layout(lid))
                 self.layout_group.addAction(a)
             else:
@@ -208,6 +253,9 @@ class ViewerWindow(QMainWindow):
         for f in (2, 5, 10, 15, 20, 30):
             a = fps_menu.addAction(f"{f} fps")
             a.triggered.connect(lambda _=False, f=f: self.fps.setValue(f))
+        from .viewer3d import add_viewer3d_action  # the 3D / MPR window (VTK loads when it opens)
+
+        self.viewer3d_action = add_viewer3d_action(self, groups["Image"])
         help_menu = mb.addMenu("&Help")
         act = help_menu.addAction("&Keyboard Shortcuts...")
         act.triggered.connect(self.show_shortcuts)
@@ -238,7 +286,7 @@ class ViewerWindow(QMainWindow):
             tb.addAction(self.actions[cid])
         tb.addSeparator()
         for cid, label in (("layout_1x1", "1\u00d71"), ("layout_1x2", "1\u00d72"), ("layout_2x2", "2\u00d72"),
-                           ("sync", "Sync")):
+                           (MPR_LAYOUT, "MPR"), ("sync", "Sync")):
             self.actions[cid].setIconText(label)
             tb.addAction(self.actions[cid])
         tb.addSeparator()
@@ -255,6 +303,10 @@ class ViewerWindow(QMainWindow):
         return (self.active_pane or self.panes[0]).view
 
     def set_layout(self, layout_id: str) -> None:
+        if layout_id == MPR_LAYOUT:
+            self.show_mpr()
+            return
+        self.central.setCurrentWidget(self.grid_host)
         rows, cols = LAYOUTS[layout_id]
         n = rows * cols
         self.layout_id = layout_id
@@ -276,6 +328,39 @@ class ViewerWindow(QMainWindow):
             self._activate(self.panes[0])
         self._show_active()
         QTimer.singleShot(0, self._refit_visible)
+
+    # ---------------------------------------------------------------- MPR
+    @property
+    def mpr_active(self) -> bool:
+        return self.mpr is not None and self.central.currentWidget() is self.mpr
+
+    def show_mpr(self) -> MprWidget:
+        """Axial, coronal and sagittal views of the active pane's series, at its slice and window."""
+        self.actions[MPR_LAYOUT].setChecked(True)
+        if self.mpr is None:
+            self.mpr = MprWidget(self.ctx)
+            self.mpr.cursorInfo.connect(lambda text: self.statusBar().showMessage(text))
+            self.central.addWidget(self.mpr)
+        self.central.setCurrentWidget(self.mpr)
+        v = self.view
+        dec = v.stack.cached(v.index) if v.stack is not None else None
+        cursor = dec.plane.center if dec is not None and dec.has_geometry else None
+        self.mpr.show_series(v.stack, cursor=cursor, window=v.window)
+        self.mpr.set_invert(v.invert)
+        self.mpr.views["axial"].setFocus()
+        return self.mpr
+
+    def _apply_preset(self, preset) -> None:
+        if not self.mpr_active:
+            self.view.apply_preset(preset)
+            return
+        vals = self.mpr.active_view.values()
+        try:
+            w = preset.window(vals if preset.is_auto else None)
+        except Exception as exc:  # noqa: BLE001 - e.g. an SUV preset without SUV data
+            self.statusBar().showMessage(f"{preset.name}: {exc}", 5000)
+            return
+        self.mpr.set_window(w)
 
     def visible_panes(self) -> list[Pane]:
         rows, cols = LAYOUTS[self.layout_id]
@@ -316,6 +401,8 @@ class ViewerWindow(QMainWindow):
         pane.set_stack(stack, 0)
         if pane is self.active_pane:
             self._rebuild_presets()
+            if self.mpr_active:
+                self.show_mpr()
         self._synchronise(self.active_pane or pane, only=pane)
 
     def switch_series(self, delta: int) -> None:
@@ -353,7 +440,7 @@ class ViewerWindow(QMainWindow):
             a = QAction(label, self)
             if i < 9:
                 a.setShortcut(QKeySequence(str(i + 1)))
-            a.triggered.connect(lambda _=False, pr=pr: self.view.apply_preset(pr))
+            a.triggered.connect(lambda _=False, pr=pr: self._apply_preset(pr))
             self.addAction(a)
             self.window_menu.addAction(a)
             self.preset_actions.append(a)
@@ -467,6 +554,8 @@ class ViewerWindow(QMainWindow):
     # ---------------------------------------------------------------- close
     def closeEvent(self, event):  # noqa: N802
         self.cine_timer.stop()
+        if self.mpr is not None:
+            self.mpr.cancel()
         for st in self._stacks.values():
             st.close()
         if self in self.ctx.viewers:

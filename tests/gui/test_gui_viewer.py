@@ -365,3 +365,105 @@ def test_first_image_is_decoded_alone_then_the_rest_in_the_background(qtbot, ctx
     assert stack.sorted_by_position
     stack.close()
     lazy.close()
+
+
+def test_first_image_is_painted_while_the_series_is_still_loading(qtbot, ctx, monkeypatch):
+    """A throttled loader: the first image is on screen long before the last slice arrives,
+    the slider shows the progress, a slice not loaded yet is shown on demand, and once
+    everything has arrived the last slice is reachable."""
+    import threading
+    import time
+
+    from osirix_py.gui.series import SeriesStack
+
+    real_read = SeriesStack._read
+    main = threading.main_thread()
+
+    def slow_read(self, s, pixels_too):
+        if threading.current_thread() is not main:
+            time.sleep(0.01)  # about 1.2 s for the 60 headers and 60 slices
+        return real_read(self, s, pixels_too)
+
+    monkeypatch.setattr(SeriesStack, "_read", slow_read)
+    t0 = time.perf_counter()
+    viewer = ViewerWindow(ctx, series_uid(ctx.archive, "CT"))
+    qtbot.addWidget(viewer)
+    viewer.show()
+    v, pane = viewer.view, viewer.panes[0]
+    qtbot.waitUntil(lambda: v.repaint() or v.frames_painted >= 1, timeout=5000)
+    first = time.perf_counter() - t0
+    assert v.frames_painted >= 1 and v.rendered() is not None
+    n = len(v.stack)
+    assert v.stack.decoded_count() < n, "the whole series was loaded before the first image"
+    assert first < 2.0
+    assert pane.slider.maximum() == n - 1 and pane.slider.loaded < 1.0
+    assert "Loading" in pane.slider.toolTip()
+    # A slice the loader has not reached yet is decoded on demand.
+    far = next(i for i in range(n - 1, 0, -1) if v.stack.cached(i) is None)
+    pane.slider.setValue(far)
+    assert v.index == far and v.stack.cached(far) is not None and v.rendered() is not None
+    qtbot.waitUntil(lambda: v.stack.decoded_count() == n and pane.slider.loaded == 1.0, timeout=30000)
+    assert pane.slider.toolTip() == ""
+    key(qtbot, viewer, Qt.Key.Key_End)
+    assert v.index == n - 1 and pane.index_label.text() == f"{n} / {n}"
+    s = v.current_slice()
+    ds = dataset_of(ctx.archive, s.sop_instance_uid)
+    assert np.array_equal(v.rendered(), pixels.DisplayPipeline.from_dataset(ds).render(
+        pixels.decode_frame(ds, 0), v.window))
+    # Sorted along the normal once the headers were read: the last slice is the highest.
+    z = [float(x.plane.position[2]) for x in v.stack.slices]
+    assert z == sorted(z) and float(s.plane.position[2]) == max(z)
+
+
+def test_painting_for_a_long_session_does_not_exhaust_none(qtbot, viewer):
+    """PySide6 6.12 on CPython 3.11 drops a reference to None per void call; the GUI guards it."""
+    import sys
+
+    from osirix_py.gui.qimage import guard_none_refcount
+
+    assert guard_none_refcount()
+    if sys.version_info < (3, 12):
+        assert sys.getrefcount(None) > 1 << 39
+    v = viewer.view
+    for i in range(20000):  # far more void calls than None had references before the guard
+        v.update()
+    for i in range(50):
+        v.step(1 if i < 25 else -1)
+        v.repaint()
+    assert v.index == 0
+
+
+def test_fast_decode_of_native_slices_equals_the_imaging_core(ctx):
+    import io
+
+    import pydicom
+
+    from osirix_py.dicom.synthetic import make_ct_series
+    from osirix_py.dicom.tags import Level
+    from osirix_py.gui.series import fast_stored
+
+    for modality in ("CT", "MR"):
+        rows = ctx.archive.find(Level.IMAGE, {"Modality": modality})[:3]
+        for r in rows:
+            ds = dataset_of(ctx.archive, r["SOPInstanceUID"])
+            fast = fast_stored(ds)
+            assert fast is not None, modality
+            ref = pixels.decode_frame(ds, 0)
+            assert fast.dtype == ref.dtype and np.array_equal(fast, ref)
+    # 12 of 16 bits, unsigned and signed: masked and sign-extended like the core.
+    for unsigned in (True, False):
+        ds = make_ct_series(slices=1, rows=16, columns=16, unsigned=unsigned, bits_stored=12)[0]
+        ds = pydicom.dcmread(io.BytesIO(_to_bytes(ds)))
+        fast = fast_stored(ds)
+        assert fast is not None and np.array_equal(fast, pixels.decode_frame(ds, 0))
+    # A compressed or colour frame is left to the general decoder.
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.70"
+    assert fast_stored(ds) is None
+
+
+def _to_bytes(ds) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
