@@ -137,6 +137,3 @@ def no_dialogs(monkeypatch):
             monkeypatch.setattr(cls, n, fail)
     yield
 
-
-def visible_dialogs(app) -> list:
-    return [w for w in app.topLevelWidgets() if w.isVisible() and isinstance(w, (QDialog, QMessageBox))]

@@ -181,3 +181,10 @@ def wait_job(qtbot, job, timeout: int = 30000):
     qtbot.waitUntil(lambda: job.is_finished, timeout=timeout)
     qtbot.wait(50)
     return job
+
+
+def visible_dialogs(app) -> list:
+    """Every dialog or message box on screen (server mode must never show one)."""
+    from PySide6.QtWidgets import QDialog, QMessageBox
+
+    return [w for w in app.topLevelWidgets() if w.isVisible() and isinstance(w, (QDialog, QMessageBox))]

@@ -7,6 +7,13 @@ Run under a virtual X server (real fonts, real window system)::
 or without a display (``QT_QPA_PLATFORM=offscreen`` is set then).  The demo
 study is generated into a temporary data dir; nothing of the user's is
 touched.  Optional argument: the output folder.
+
+The other pictures in docs/screenshots come from the tests that drive those
+windows; they save into the folder named by ``OSIRIX_PY_SCREENSHOTS``::
+
+    OSIRIX_PY_SCREENSHOTS=docs/screenshots bash scripts/test.sh tests/gui/test_gui_qr.py \
+        tests/gui/test_gui_mpr.py tests/integration/test_web_viewer_browser.py
+    .venv/bin/python tests/gui/test_gui_viewer3d.py docs/screenshots   # viewer3d*.png
 """
 
 from __future__ import annotations

@@ -174,9 +174,10 @@ def test_mpr_screenshot(qtbot, viewer, tmp_path):
     qtbot.waitUntil(lambda: f"{cur[0]:.1f}, {cur[1]:.1f}, {cur[2]:.1f}" in mpr.info.text(), timeout=2000)
     img = viewer.grab()
     assert img.width() > 0 and img.save(str(tmp_path / "viewer-mpr.png"))
-    if os.environ.get("OSIRIX_PY_SAVE_SCREENSHOTS"):
-        out = ROOT / "docs" / "screenshots" / "viewer-mpr.png"
-        assert img.save(str(out))
+    if os.environ.get("OSIRIX_PY_SCREENSHOTS"):  # the folder to save the docs' screenshots in
+        out = Path(os.environ["OSIRIX_PY_SCREENSHOTS"])
+        out.mkdir(parents=True, exist_ok=True)
+        assert img.save(str(out / "viewer-mpr.png"))
 
 
 def test_voxel_grid_fast_path_equals_the_reslice_and_steps_aside_for_oblique_planes():

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import visible_dialogs
+from guihelpers import visible_dialogs
 from guihelpers import (  # noqa: F401 - fixtures
     closed_port,
     gui_settings,
@@ -330,7 +330,7 @@ def test_screenshot(qtbot, gui, orthanc_peer, tmp_path):  # noqa: F811
     qr.series_view.selectRow(0)
     qtbot.waitUntil(lambda: "\u2714" in [_cell(qr.study_view, i, 9) for i in range(3)], timeout=10000)
     qtbot.wait(200)
-    out = Path(os.environ.get("OSIRIX_SCREENSHOTS") or tmp_path)
+    out = Path(os.environ.get("OSIRIX_PY_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     img = qr.grab()
     assert img.save(str(out / "qr.png"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import visible_dialogs
+from guihelpers import visible_dialogs
 from guihelpers import closed_port, gui_settings, start_gui, storescp_peer, wait_job  # noqa: F401
 from pydicom import dcmread
 from PySide6.QtCore import Qt

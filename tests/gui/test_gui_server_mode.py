@@ -6,7 +6,7 @@ import logging
 import socket
 
 import pytest
-from conftest import visible_dialogs
+from guihelpers import visible_dialogs
 from PySide6.QtWidgets import QApplication
 
 from osirix_py.dicom import synthetic

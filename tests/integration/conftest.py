@@ -7,59 +7,25 @@
 * ``dcmtk``: runs a dcmtk tool with ``TCP_NODELAY=1`` and a timeout;
 * ``storescp``: a dcmtk storescp on a free port (a C-MOVE destination);
 * :func:`scu_association`: a pynetdicom association as a context manager.
+
+The plain helpers live in ``nethelpers.py``; tests import them from there
+(``from conftest import`` is ambiguous when tests/gui is collected too).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import socket
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, build_context
 
-from osirix_py.config import HttpConfig, ListenerConfig, Settings
 from osirix_py.dicom import synthetic
-from osirix_py.net.tcp import NODELAY_HANDLER
 from osirix_py.server.runtime import Runtime
 
-AET = "OSIRIXPY"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
-
-
-def make_settings(data_dir: Path, *, http: bool = True, listener_port: int = 0,
-                  http_port: int = 0, **listener) -> Settings:
-    lst = dict(ae_title=AET, port=listener_port, bind_address="127.0.0.1", acse_timeout=5.0,
-               dimse_timeout=20.0, network_timeout=20.0)
-    lst.update(listener)
-    return Settings(
-        data_dir=Path(data_dir),
-        listener=ListenerConfig(**lst),
-        http=HttpConfig(port=http_port, bind_address="127.0.0.1", enabled=http),
-    )
+from nethelpers import (  # noqa: F401 - re-exported to the tests through the fixtures below
+    AET, ROOT, StoreSCP, dcmtk_env, free_port, make_settings, require_tool, run_dcmtk,
+    scu_association, server_command, wait_for_port,
+)
 
 
 @pytest.fixture
@@ -105,32 +71,6 @@ def loaded_runtime(tmp_path_factory, synthetic_dir):
 
 
 # --------------------------------------------------------------------------- dcmtk
-def _require(tool: str) -> str:
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.fail(f"dcmtk's {tool} is missing: run scripts/setup.sh (apt-get install dcmtk)")
-    return exe
-
-
-def dcmtk_env() -> dict:
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"  # dcmtk disables Nagle only when asked
-    return env
-
-
-def run_dcmtk(tool: str, *args, timeout: float = 60.0, cwd: Path | None = None,
-              check: bool = False) -> subprocess.CompletedProcess:
-    """Run a dcmtk client with TCP_NODELAY=1; stdout and stderr merged in ``.stdout``."""
-    exe = _require(tool)
-    proc = subprocess.run([exe, *map(str, args)], env=dcmtk_env(), cwd=cwd, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace")
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{tool} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}")
-    return proc
-
-
 @pytest.fixture
 def dcmtk():
     """``dcmtk(tool, *args, timeout=60) -> CompletedProcess`` (TCP_NODELAY=1)."""
@@ -142,37 +82,17 @@ def dcmtk_popen():
     """``dcmtk_popen(tool, *args) -> Popen`` (TCP_NODELAY=1, output piped as text)."""
 
     def start(tool: str, *args) -> subprocess.Popen:
-        return subprocess.Popen([_require(tool), *map(str, args)], env=dcmtk_env(),
+        return subprocess.Popen([require_tool(tool), *map(str, args)], env=dcmtk_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace")
 
     return start
 
 
-@dataclass
-class StoreSCP:
-    ae_title: str
-    port: int
-    folder: Path
-    process: subprocess.Popen
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
-    def wait_for_files(self, n: int, timeout: float = 10.0) -> list[Path]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            files = self.files()
-            if len(files) >= n:
-                return files
-            time.sleep(0.05)
-        return self.files()
-
-
 @pytest.fixture
 def storescp(tmp_path):
     """dcmtk storescp as a C-MOVE destination (AE "DEST"), all transfer syntaxes accepted."""
-    exe = _require("storescp")
+    exe = require_tool("storescp")
     folder = tmp_path / "storescp"
     folder.mkdir()
     port = free_port()
@@ -190,33 +110,10 @@ def storescp(tmp_path):
 
 
 # --------------------------------------------------------------------------- pynetdicom
-@contextlib.contextmanager
-def scu_association(port: int, contexts, *, calling: str = "TESTSCU", called: str = AET,
-                    roles=(), handlers=(), timeout: float = 20.0, max_pdu: int = 16382):
-    """An established pynetdicom association to 127.0.0.1:*port* (asserts it is)."""
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ctxs = [c if not isinstance(c, str) else build_context(c) for c in contexts]
-    assoc = ae.associate("127.0.0.1", port, contexts=ctxs, ae_title=called, ext_neg=list(roles) or None,
-                         evt_handlers=[NODELAY_HANDLER, *handlers], max_pdu=max_pdu)
-    try:
-        assert assoc.is_established, "association not established"
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
-
-
 @pytest.fixture
 def scu():
     """:func:`scu_association` as a fixture: ``with scu(port, contexts) as assoc``."""
     return scu_association
-
-
-def server_command(data_dir: Path, port: int, http_port: int) -> list[str]:
-    return [sys.executable, "-m", "osirix_py", "--data-dir", str(data_dir), "server",
-            "--port", str(port), "--http-port", str(http_port), "--bind", "127.0.0.1"]
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, Path(__file__).resolve().parent):  # the repo (benchmarks) and nethelpers
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from benchmarks.peers import Orthanc, StoreSCP, loopback_shim, orthanc_binary  # noqa: E402
 
@@ -74,7 +75,7 @@ class ClientPeers:
 def client_peers(tmp_path_factory):
     """A session-wide Orthanc that knows OSIRIXPY (our listener's reserved port)
     and STORESCP, holding 2 patients x 2 series x 10 slices and one 150-slice series."""
-    from conftest import free_port, run_dcmtk  # noqa: PLC0415 - the integration conftest
+    from nethelpers import free_port, run_dcmtk  # noqa: PLC0415
 
     from osirix_py.dicom import synthetic
 

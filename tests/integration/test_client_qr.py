@@ -12,7 +12,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from sqlalchemy import select
 
-from conftest import AET, free_port, make_settings
+from nethelpers import AET, free_port, make_settings
 from osirix_py.db.schema import jobs as jobs_table
 from osirix_py.net import client
 from osirix_py.net.scu import EchoError, ScuError, echo

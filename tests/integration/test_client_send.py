@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from conftest import AET, free_port, make_settings
+from nethelpers import AET, free_port, make_settings
 from osirix_py.cli import main
 from osirix_py.net import client
 from osirix_py.net.scu import ScuError

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from conftest import make_settings
+from nethelpers import make_settings
 from pydicom.uid import generate_uid
 
 from osirix_py.config import ConfigError, load_settings

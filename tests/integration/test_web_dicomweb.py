@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from osirix_py.dicom import synthetic
 
-from conftest import make_settings
+from nethelpers import make_settings
 
 dicomweb_client = pytest.importorskip("dicomweb_client")
 from dicomweb_client.api import DICOMwebClient  # noqa: E402

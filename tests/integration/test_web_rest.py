@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import make_settings
+from nethelpers import make_settings
 from PIL import Image
 
 from osirix_py.server.runtime import Runtime

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from nethelpers import make_settings
 from playwright import sync_api  # the test extra; never skipped
 
 from osirix_py.dicom import synthetic
@@ -22,8 +23,8 @@ from osirix_py.server.runtime import Runtime
 from osirix_py.web.users import UserStore
 
 CHROMIUM = os.environ.get("OSIRIX_PY_CHROMIUM", "/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
+#: Screenshots go to OSIRIX_PY_SCREENSHOTS (docs/screenshots to refresh the docs), else a temp dir.
+SHOTS = Path(os.environ.get("OSIRIX_PY_SCREENSHOTS") or tempfile.mkdtemp(prefix="osirix-web-shots-"))
 USER = ("viewer-admin", "viewer-password-1")
 #: Markup in a person name (no "=": that separates the PN component groups) and in a
 #: description; an alert() that ran would be caught by the page's dialog handler.
