@@ -74,6 +74,10 @@ hbind = args.bind or s.http.bind_address
 print(f"[run] data dir:  {s.data_dir}")
 print(f"[run] DICOM:     AE title {aet}, port {port} (bound to {bind})")
 print(f"[run] HTTP:      " + (f"http://{'127.0.0.1' if hbind in ('0.0.0.0', '') else hbind}:{hport}/" if hport else "off"))
+if hport and s.http.auth:
+    pw = s.data_dir / "initial-admin-password.txt"
+    print(f"[run] web login: " + (f"user admin, password in {pw} (made at the first start)"
+                                  if not pw.exists() or pw.stat().st_size else "a user from 'osirix-py users'"))
 print(f"[run] try:       echoscu -aec {aet} 127.0.0.1 {port}   |   storescu -aec {aet} 127.0.0.1 {port} FILE.dcm")
 PY
 log "starting the headless server: osirix-py server ${APP_ARGS[*]:-} (Ctrl-C stops it)"

@@ -24,6 +24,9 @@ Errors are JSON: ``{"error": reason, "status": code}``.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -53,6 +56,34 @@ WEB_ROOT = resources_dir() / "web"
 HEALTH_TIMEOUT = 3.0
 
 
+#: Where the first start writes the password of the web user it creates (in the data dir).
+INITIAL_PASSWORD_FILE = "initial-admin-password.txt"
+
+
+def _first_admin(store: UserStore, data_dir) -> None:
+    """First start with no web user: create ``admin`` with a random password in a 0600 file.
+
+    Done once per data dir (the file is the record): when every user was removed on
+    purpose later, the server only warns.  The password never reaches the log.
+    """
+    if data_dir is None:
+        log.warning("the web server requires a login but there are no users yet: "
+                    "add one with 'osirix-py users add NAME --role admin'")
+        return
+    path = Path(data_dir) / INITIAL_PASSWORD_FILE
+    if path.exists():
+        log.warning("the web server requires a login but there are no users (any more): "
+                    "add one with 'osirix-py users add NAME --role admin'")
+        return
+    password = secrets.token_urlsafe(15)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{password}\n")
+    store.add("admin", password, role="admin")
+    log.warning("created the web user 'admin'; its password is in %s (change it with "
+                "'osirix-py users passwd admin', then delete the file)", path)
+
+
 def make_authenticator(runtime) -> Authenticator:
     """The authenticator the runtime's settings ask for (users in its database)."""
     http = getattr(getattr(runtime, "settings", None), "http", None)
@@ -66,8 +97,7 @@ def make_authenticator(runtime) -> Authenticator:
     if enabled:
         try:
             if store.count() == 0:
-                log.warning("the web server requires a login but there are no users yet: "
-                            "add one with 'osirix-py users add NAME --role admin'")
+                _first_admin(store, getattr(getattr(runtime, "settings", None), "data_dir", None))
         except Exception as exc:  # noqa: BLE001 - reported, the server still starts
             log.error("cannot read the users table: %s", exc)
     return Authenticator(store, enabled=enabled, session_seconds=hours * 3600.0)

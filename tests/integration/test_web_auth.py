@@ -288,3 +288,30 @@ def test_https_with_a_configured_certificate(tmp_path):
             bad.start()
     finally:
         bad.stop(timeout=2.0)
+
+
+def test_first_start_creates_an_admin_with_a_private_password_once(tmp_path, caplog):
+    d = tmp_path / "first"
+    rt = Runtime(make_settings(d, http=True))
+    with caplog.at_level("WARNING"):
+        rt.start()
+    try:
+        pw_file = d / "initial-admin-password.txt"
+        password = pw_file.read_text().strip()
+        assert len(password) >= 16
+        assert oct(pw_file.stat().st_mode & 0o777) == "0o600"
+        assert password not in caplog.text and str(pw_file) in caplog.text
+        base = f"http://127.0.0.1:{rt.http_port}"
+        assert httpx.get(base + "/api/me", auth=("admin", password)).json()["role"] == "admin"
+        assert httpx.get(base + "/api/me", auth=("admin", "wrong-password")).status_code == 401
+        UserStore(rt.archive.db).remove("admin")
+    finally:
+        rt.stop(timeout=2.0)
+    # The admin removed every user on purpose: a restart does not bring one back.
+    rt = Runtime(make_settings(d, http=True))
+    rt.start()
+    try:
+        assert UserStore(rt.archive.db).count() == 0
+        assert pw_file.read_text().strip() == password
+    finally:
+        rt.stop(timeout=2.0)
