@@ -8,6 +8,7 @@ commit).  Nothing here touches files.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -247,6 +248,12 @@ _ORDER = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _base_select(level: Level) -> Select:
+    """The joined SELECT of :func:`find` before its WHERE clauses (immutable: built once)."""
+    return _joined_select(level, result_columns(level))
+
+
 def find(
     conn: Connection,
     level: Level,
@@ -262,9 +269,7 @@ def find(
     Each row carries the attributes of its level and of the levels above it,
     plus private keys starting with ``_`` (primary key; file path at IMAGE).
     """
-    q = _joined_select(level, result_columns(level)).where(
-        *build_conditions(level, query or {}, fuzzy_names=fuzzy_names)
-    )
+    q = _base_select(level).where(*build_conditions(level, query or {}, fuzzy_names=fuzzy_names))
     if order:
         q = q.order_by(*_ORDER[level]())
     if limit is not None:
@@ -277,7 +282,7 @@ def find(
 def iter_find(conn: Connection, level: Level, query: Mapping[str, object] | None = None,
               *, fuzzy_names: bool = True, batch: int = 500):
     """Like :func:`find` but streams rows (for C-FIND: cancel between rows)."""
-    q = _joined_select(level, result_columns(level)).where(
+    q = _base_select(level).where(
         *build_conditions(level, query or {}, fuzzy_names=fuzzy_names)
     ).order_by(*_ORDER[level]())
     result = conn.execution_options(yield_per=batch).execute(q)
@@ -445,6 +450,30 @@ _UPD_PATIENT = (update(patients).where(patients.c.id == bindparam("pk"))
                         num_studies=patients.c.num_studies + bindparam("nst")))
 
 
+_SEL_SERIES_CHAIN = (select(series.c.series_instance_uid, series.c.id, series.c.study_pk,
+                            studies.c.patient_pk, studies.c.study_instance_uid)
+                     .join(studies, studies.c.id == series.c.study_pk)
+                     .where(series.c.series_instance_uid.in_(_UIDS)))
+
+
+def _known_series_chain(conn: Connection, recs: list[InstanceRecord], fresh: list[int],
+                        series_uids: list[str]) -> dict[str, tuple[int, int, int]] | None:
+    """series UID -> (series pk, study pk, patient pk) when EVERY series is
+    already indexed under the study its records name; None otherwise (the
+    general path resolves, and creates, patients, studies and series)."""
+    if len(series_uids) > 500:
+        return None
+    found = {u: (se, st, pa, st_uid) for u, se, st, pa, st_uid
+             in conn.execute(_SEL_SERIES_CHAIN, {"uids": series_uids})}
+    if len(found) != len(series_uids):
+        return None
+    for i in fresh:
+        v = recs[i].values
+        if found[str(v["SeriesInstanceUID"])][3] != str(v["StudyInstanceUID"]):
+            return None
+    return {u: c[:3] for u, c in found.items()}
+
+
 def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool = False) -> list[AddResult]:
     """:func:`add_instance` for many records at once (the index writer's group commit).
 
@@ -484,45 +513,56 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
                 created.add(k)
         return pks, created
 
-    # Patients
-    pkeys: dict[str, int] = {}
-    for i in fresh:
-        pkeys.setdefault(patient_key(recs[i].values), i)
-
-    def patient_row(i):
-        row = _row_values(Level.PATIENT, recs[i].values)
-        row.update(patient_key=patient_key(recs[i].values), character_set=recs[i].character_set)
-        return row
-
-    patient_pks, new_patients = resolve(patients, patients.c.patient_key, pkeys, patient_row)
-
-    # Studies (an existing study keeps the patient it was filed under)
-    skeys: dict[str, int] = {}
-    for i in fresh:
-        skeys.setdefault(str(recs[i].values["StudyInstanceUID"]), i)
-
-    def study_row(i):
-        row = _row_values(Level.STUDY, recs[i].values)
-        row.update(patient_pk=patient_pks[patient_key(recs[i].values)],
-                   character_set=recs[i].character_set, updated_at=now,
-                   modalities_in_study="", num_series=0, num_instances=0)
-        return row
-
-    study_pks, new_studies = resolve(studies, studies.c.study_instance_uid, skeys, study_row)
-    study_patient = dict(conn.execute(_SEL_STUDY_PATIENT, {"pks": list(study_pks.values())}).all())
-
-    # Series
     sekeys: dict[str, int] = {}
     for i in fresh:
         sekeys.setdefault(str(recs[i].values["SeriesInstanceUID"]), i)
+    known_chain = _known_series_chain(conn, recs, fresh, list(sekeys))
+    if known_chain is not None:
+        # Every series is known (the usual case: the 2nd..Nth instance of a
+        # series): one joined query instead of five; nothing new above IMAGE.
+        series_pks = {u: c[0] for u, c in known_chain.items()}
+        series_study = {c[0]: c[1] for c in known_chain.values()}
+        study_patient = {c[1]: c[2] for c in known_chain.values()}
+        study_pks: dict[str, int] = {}
+        new_patients: set[str] = set()
+        new_studies: set[str] = set()
+        new_series: set[str] = set()
+    else:
+        # Patients
+        pkeys: dict[str, int] = {}
+        for i in fresh:
+            pkeys.setdefault(patient_key(recs[i].values), i)
 
-    def series_row(i):
-        row = _row_values(Level.SERIES, recs[i].values)
-        row.update(study_pk=study_pks[str(recs[i].values["StudyInstanceUID"])], num_instances=0)
-        return row
+        def patient_row(i):
+            row = _row_values(Level.PATIENT, recs[i].values)
+            row.update(patient_key=patient_key(recs[i].values), character_set=recs[i].character_set)
+            return row
 
-    series_pks, new_series = resolve(series, series.c.series_instance_uid, sekeys, series_row)
-    series_study = dict(conn.execute(_SEL_SERIES_STUDY, {"pks": list(series_pks.values())}).all())
+        patient_pks, new_patients = resolve(patients, patients.c.patient_key, pkeys, patient_row)
+
+        # Studies (an existing study keeps the patient it was filed under)
+        skeys: dict[str, int] = {}
+        for i in fresh:
+            skeys.setdefault(str(recs[i].values["StudyInstanceUID"]), i)
+
+        def study_row(i):
+            row = _row_values(Level.STUDY, recs[i].values)
+            row.update(patient_pk=patient_pks[patient_key(recs[i].values)],
+                       character_set=recs[i].character_set, updated_at=now,
+                       modalities_in_study="", num_series=0, num_instances=0)
+            return row
+
+        study_pks, new_studies = resolve(studies, studies.c.study_instance_uid, skeys, study_row)
+        study_patient = dict(conn.execute(_SEL_STUDY_PATIENT, {"pks": list(study_pks.values())}).all())
+
+        # Series
+        def series_row(i):
+            row = _row_values(Level.SERIES, recs[i].values)
+            row.update(study_pk=study_pks[str(recs[i].values["StudyInstanceUID"])], num_instances=0)
+            return row
+
+        series_pks, new_series = resolve(series, series.c.series_instance_uid, sekeys, series_row)
+        series_study = dict(conn.execute(_SEL_SERIES_STUDY, {"pks": list(series_pks.values())}).all())
 
     # Instances, one multi-row INSERT
     rows = []

@@ -55,6 +55,13 @@ from pynetdicom.sop_class import (
 
 from ..dicom import status as st
 from ..dicom.tags import Level, attributes_up_to, find_attribute
+from .fastpath import (
+    PausedSender,
+    StoredInstance,
+    install_dimse_hook,
+    install_encode_hook,
+    received_part10,
+)
 from .scu import ScuError, Target, open_association
 
 log = logging.getLogger(__name__)
@@ -317,6 +324,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     pending: list = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cget-store")
     if method == "get":
+        install_dimse_hook()  # C-STORE responses encoded directly
         model = StudyRootQueryRetrieveInformationModelGet
         contexts = [build_context(model)]
         storage = [c.abstract_syntax for c in StoragePresentationContexts][:127]
@@ -325,7 +333,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
 
         def on_store(event):
             try:
-                data = event.encoded_dataset()
+                data = received_part10(event)
             except Exception as exc:  # noqa: BLE001
                 log.warning("C-GET: cannot read the received data set: %s", exc)
                 return st.CANNOT_UNDERSTAND
@@ -505,9 +513,18 @@ def _prepare(archive, it: _Item, accepted: dict[str, set[str]]):
                        kind="refused")
     path = archive.instance_file(it.row)
     if it.ts in syntaxes:
-        if path is not None and path.is_file():
-            return path, path.stat().st_size
+        # Sent as stored: the file's data set bytes go out unchanged (no
+        # decode, no re-encode; the command set is encoded directly).
         data = archive.read_instance(it.row)
+        try:
+            inst = StoredInstance.from_file(data)
+        except ValueError:
+            inst = None
+        if inst is not None and str(inst.file_meta.TransferSyntaxUID) == it.ts \
+                and not UID(it.ts).is_deflated:
+            return inst, len(data)
+        if path is not None and path.is_file():
+            return path, len(data)
         return dcmread(BytesIO(data)), len(data)
     data = archive.read_instance(it.row)
     ds = dcmread(BytesIO(data))
@@ -527,11 +544,13 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
          cancel: threading.Event | None = None, dimse_timeout: float = 60.0) -> TransferProgress:
     """C-STORE the IMAGE-level archive *rows* to *node*; failed instances are
     retried *retries* more times (on a new association if the first was lost)."""
-    # Files whose stored syntax the peer accepted are streamed from disk as
-    # they are (no decode/re-encode: ~10 ms per 512x512 instance saved).  The
-    # flag only changes send_c_store() of a *path*; osirix-py sends nothing
-    # else by path (the listener's C-MOVE yields data sets).
+    # Files whose stored syntax the peer accepted go out as they are: a
+    # StoredInstance whose data set bytes the encode hook passes through
+    # (no decode/re-encode), with the command set encoded directly.  The flag
+    # covers the fallback of sending by path (streamed from disk, not parsed).
     _config.STORE_SEND_CHUNKED_DATASET = True
+    install_encode_hook()
+    install_dimse_hook()
     items = _items(rows)
     target = _target(node)
     prog = TransferProgress(total=len(items))
@@ -554,12 +573,16 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                 break
             attempt += 1
             continue
+        paused = PausedSender(assoc)
         try:
             accepted = _accepted(assoc)
             for i, it in enumerate(todo):
                 if cancel.is_set():
                     prog.cancelled = True
                     break
+                if paused.peer_gone():
+                    paused.resume()
+                    _lost(assoc, target, "C-STORE", dimse_timeout, calling_ae)  # lets it record the abort
                 if not assoc.is_established:
                     reason = f"{target}: the association was aborted before this instance was sent"
                     for rest in todo[i:]:
@@ -570,8 +593,12 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                 sent_at = time.monotonic()
                 try:
                     obj, size = _prepare(archive, it, accepted)
-                    _pause_reactor(assoc)
-                    rsp = assoc.send_c_store(obj, msg_id=(i % 65535) + 1)
+                    if isinstance(obj, StoredInstance):
+                        rsp = paused.store(obj, msg_id=(i % 65535) + 1)
+                    else:
+                        paused.resume()
+                        _pause_reactor(assoc)
+                        rsp = assoc.send_c_store(obj, msg_id=(i % 65535) + 1)
                 except ScuError as exc:
                     prog.failures[it.sop_uid] = str(exc)
                     failed_now.append(it)
@@ -600,6 +627,7 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                 if progress:
                     progress(prog)
         finally:
+            paused.resume()
             _close(assoc, ae)
         prog.failed = len(prog.failures)
         if prog.cancelled or attempt >= retries:

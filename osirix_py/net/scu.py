@@ -142,7 +142,8 @@ def open_association(target: Target, calling_ae: str, contexts, *, timeout: floa
         # during a transfer that is a sleep per PDU exchange.  0.1 ms keeps the
         # idle cost low and the latency close to the network's.
         dul = getattr(assoc, "dul", None)
-        if dul is not None and hasattr(dul, "_run_loop_delay"):
+        if dul is not None and hasattr(dul, "_run_loop_delay") and \
+                getattr(getattr(dul, "socket", None), "_osx_wake_r", None) is None:
             dul._run_loop_delay = RUN_LOOP_DELAY
         return assoc, ae
     try:

@@ -141,7 +141,8 @@ class Archive:
         self.duplicate_policy = duplicate_policy
         self.feed = feed or ChangeFeed()
         self.durable = durable
-        self.writer = IndexWriter(db, sync_files=store.sync)
+        self.writer = IndexWriter(db, sync_files=store.sync,
+                                  sync_covers_db=_sync_covers_db(db, store))
         self._closed = False
         self._pending: dict[str, Future] = {}
         # Stores of one SOP Instance UID are serialised (striped locks), so that
@@ -591,6 +592,22 @@ class Archive:
             self._closed = True
             self.writer.close()
             self.feed.close()
+
+
+def _sync_covers_db(db: Database, store) -> bool:
+    """True when the store's ``sync()`` also flushes the SQLite database file:
+    a file-system-wide sync (:class:`FileStore`) of the file system that
+    holds the database (its WAL beside it)."""
+    root = getattr(store, "root", None)
+    if root is None or not getattr(store, "SYNC_IS_FILESYSTEM_WIDE", False) or not db.is_sqlite:
+        return False
+    try:
+        path = db.engine.url.database
+        if not path or path == ":memory:":
+            return False
+        return os.stat(Path(path).resolve().parent).st_dev == os.stat(root).st_dev
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------- sources

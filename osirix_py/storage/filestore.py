@@ -167,6 +167,12 @@ class FileStore:
                         pass
         return removed
 
+    #: ``sync()`` flushes the whole file system that holds :attr:`root` and
+    #: returns only when that is done (every file on it, a database beside
+    #: the store included): Linux ``syncfs``.  (``os.sync`` elsewhere may
+    #: return before the data is on disk, so it does not count.)
+    SYNC_IS_FILESYSTEM_WIDE = _syncfs is not None
+
     def sync(self) -> None:
         """Make every file written so far durable, in one call (batch durability).
 

@@ -73,7 +73,8 @@ class PyStoreSCP:
         # The other end of this connection is the runtime's socket, in this process.
         peer = event.assoc.requestor.port
         for obj in gc.get_objects():
-            if isinstance(obj, socket.socket):
+            # (TCP only: the DUL wake-up socket pairs are AF_UNIX.)
+            if isinstance(obj, socket.socket) and obj.family in (socket.AF_INET, socket.AF_INET6):
                 try:
                     if obj.fileno() != -1 and obj.getsockname()[1] == peer:
                         self.client_nodelay.append(has_nodelay(obj))

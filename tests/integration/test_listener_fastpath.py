@@ -1,0 +1,213 @@
+"""The listener's fast paths keep the bytes: what is sent is what is stored,
+what is stored is what a C-GET / C-MOVE sends, and C-FIND answers are the same
+with and without them."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from osirix_py.dicom import status as st
+from osirix_py.dicom import synthetic
+from osirix_py.net import fastpath
+
+AET = "OSIRIXPY"
+
+
+def _ct(n: int, **kw) -> list[Dataset]:
+    return synthetic.make_ct_series(slices=n, rows=64, columns=64, **kw)
+
+
+def _stored_bytes(runtime, sop_uid: str) -> bytes:
+    row = runtime.archive.find("instance", {"SOPInstanceUID": sop_uid})[0]
+    return runtime.archive.read_instance(row)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_stored_file_is_the_received_data_set_byte_for_byte(runtime, scu, syntax):
+    series = _ct(3, patient_id="BYTES")
+    sent = {}
+    with scu(runtime.listener_port, [build_context(CTImageStorage, syntax)]) as assoc:
+        for ds in series:
+            sent[ds.SOPInstanceUID] = encode(ds, syntax == ImplicitVRLittleEndian, True)
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    for uid, data_set in sent.items():
+        stored = _stored_bytes(runtime, uid)
+        cls_uid, inst_uid, ts, offset = fastpath.split_part10(stored)
+        assert (cls_uid, inst_uid, ts) == (CTImageStorage, uid, syntax)
+        assert stored[offset:] == data_set  # no re-encoding of what was received
+
+
+def test_success_only_after_the_sync_that_covers_file_and_row(runtime, scu):
+    """The C-STORE response waits for the file-system sync that follows the
+    commit (one flush for file + index when both live on one file system)."""
+    archive = runtime.archive
+    events: list[str] = []
+    original = archive.writer.sync_files
+
+    def sync():
+        events.append("sync-start")
+        original()
+        events.append("sync-done")
+
+    archive.writer.sync_files = sync
+    ds = _ct(1, patient_id="ORDER")[0]
+
+    def on_sent(event):
+        if event.message.command_set.get("CommandField") == 0x8001:
+            events.append("rsp")
+
+    with scu(runtime.listener_port, [build_context(CTImageStorage)],
+             handlers=[(evt.EVT_DIMSE_RECV, on_sent)]) as assoc:
+        assert assoc.send_c_store(ds).Status == st.SUCCESS
+    assert events[:3] == ["sync-start", "sync-done", "rsp"]
+    assert archive.count("instance", {"SOPInstanceUID": ds.SOPInstanceUID}) == 1
+
+
+def test_c_get_sends_the_stored_bytes(runtime, scu):
+    series = _ct(4, patient_id="GETBYTES")
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    received: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def on_store(event):
+        with lock:
+            received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = series[0].StudyInstanceUID
+    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
+            build_context(CTImageStorage, [ImplicitVRLittleEndian])]
+    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
+             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assert statuses[-1] == st.SUCCESS
+    assert len(received) == 4
+    for uid, data_set in received.items():
+        stored = _stored_bytes(runtime, uid)
+        assert stored[fastpath.split_part10(stored)[3]:] == data_set
+
+
+def test_c_get_converts_when_the_peer_takes_only_the_other_little_endian(runtime, scu):
+    series = _ct(2, patient_id="GETCONV")
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    got: list[Dataset] = []
+
+    def on_store(event):
+        got.append(event.dataset)
+        return 0x0000
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = series[0].StudyInstanceUID
+    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
+            build_context(CTImageStorage, [ExplicitVRLittleEndian])]
+    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
+             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assert statuses[-1] == st.SUCCESS
+    assert sorted(d.SOPInstanceUID for d in got) == sorted(d.SOPInstanceUID for d in series)
+    assert all(d.PixelData == series[0].PixelData or d.PixelData == series[1].PixelData for d in got)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_c_find_answers_are_identical_with_and_without_the_fast_path(runtime, scu, syntax):
+    for i, name in enumerate(["DOE^JOHN", "Müller^Jürgen", "DOE^JANE"]):
+        ds = _ct(1, patient_id=f"F{i}", patient_name=name, seed=i)[0]
+        with scu(runtime.listener_port, [build_context(CTImageStorage)]) as assoc:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    for kw in ("PatientName", "PatientID", "StudyDate", "StudyInstanceUID", "ModalitiesInStudy",
+               "NumberOfStudyRelatedInstances", "ReferencedStudySequence"):
+        setattr(ds := ident, kw, [] if kw.endswith("Sequence") else "")
+    ds.PatientName = "*"
+
+    def run() -> list[bytes]:
+        out = []
+
+        def on_recv(event):
+            msg = event.message
+            if msg.command_set.get("CommandField") == 0x8020 and msg.command_set.Status == 0xFF00:
+                out.append(msg.data_set.getvalue())
+
+        with scu(runtime.listener_port,
+                 [build_context(StudyRootQueryRetrieveInformationModelFind, syntax)],
+                 handlers=[(evt.EVT_DIMSE_RECV, on_recv)]) as assoc:
+            codes = [s.Status for s, _ in assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind)]
+        assert codes[-1] == st.SUCCESS
+        return out
+
+    handlers = runtime.listener.handlers
+    fast = run()
+    handlers.fast_find = False
+    try:
+        slow = run()
+    finally:
+        handlers.fast_find = True
+    assert len(fast) == 3
+    assert fast == slow
+
+
+def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    from osirix_py.services.nodes import Node
+
+    series = _ct(5, patient_id="MOVEBYTES")
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    received: dict[str, tuple[bytes, str, int]] = {}
+    lock = threading.Lock()
+
+    def on_store(event):
+        req = event.request
+        with lock:
+            received[str(req.AffectedSOPInstanceUID)] = (
+                req.DataSet.getvalue(), str(req.MoveOriginatorApplicationEntityTitle or "").strip(),
+                req.MoveOriginatorMessageID)
+        return 0x0000
+
+    ae = AE(ae_title="MOVEDEST")
+    ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        runtime.nodes.add(Node(name="movedest", ae_title="MOVEDEST", host="127.0.0.1",
+                               port=server.server_address[1]), replace=True)
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "SERIES"
+        ident.StudyInstanceUID = series[0].StudyInstanceUID
+        ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+        model = StudyRootQueryRetrieveInformationModelMove
+        with scu(runtime.listener_port, [build_context(model)], calling="MOVER") as assoc:
+            rsps = [s for s, _ in assoc.send_c_move(ident, "MOVEDEST", model, msg_id=11)]
+        assert rsps[-1].Status == st.SUCCESS
+        assert rsps[-1].NumberOfCompletedSuboperations == 5
+        assert [r.Status for r in rsps[:-1]] == [st.PENDING] * 5
+    finally:
+        ae.shutdown()
+    assert len(received) == 5
+    for uid, (data_set, originator, originator_id) in received.items():
+        stored = _stored_bytes(runtime, uid)
+        assert stored[fastpath.split_part10(stored)[3]:] == data_set
+        # (pynetdicom's C-MOVE SCP puts its own AE title there, fast path or not.)
+        assert (originator, originator_id) == (runtime.listener.config.ae_title, 11)

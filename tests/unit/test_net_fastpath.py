@@ -1,0 +1,231 @@
+"""The network fast paths produce exactly what pynetdicom's general path would."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dsutils import encode
+
+from osirix_py.dicom import synthetic
+from osirix_py.net import fastpath
+from osirix_py.net.handlers import build_response, parse_identifier, response_elements, response_plan
+
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _pynetdicom_command(msg_cls, primitive) -> bytes:
+    msg = msg_cls()
+    msg.primitive_to_message(primitive)
+    return encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("comment", [None, "out of resources: disk full", "odd"])
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB000])
+def test_store_rsp_command_matches_pynetdicom(status, comment):
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 12345
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.123"
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    assert fastpath.store_rsp_command(rsp) == _pynetdicom_command(C_STORE_RSP, rsp)
+
+
+def test_find_rsp_command_matches_pynetdicom():
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = STUDY_FIND
+    rsp.Status = 0xFF00
+    rsp.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    expected = _pynetdicom_command(C_FIND_RSP, rsp)
+    ours = fastpath.command_set([
+        (0x00000002, "UI", STUDY_FIND), (0x00000100, "US", 0x8020), (0x00000120, "US", 7),
+        (0x00000800, "US", 0x0001), (0x00000900, "US", 0xFF00)])
+    # (0000,0800) Command Data Set Type: any value but 0x0101 means "present"
+    assert len(ours) == len(expected)
+    assert ours[:-10] == expected[:-10]
+
+
+def _identifier(**extra) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for kw in ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
+               "StudyDescription", "StudyInstanceUID", "ModalitiesInStudy",
+               "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries", "PatientBirthDate",
+               "ReferencedStudySequence"):
+        setattr(ds, kw, [] if kw.endswith("Sequence") else "")
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    return ds
+
+
+ROWS = [
+    {"PatientName": "DOE^JOHN", "PatientID": "P1", "StudyDate": "20240102", "StudyTime": "101010",
+     "AccessionNumber": "A1", "StudyDescription": "CT HEAD", "StudyInstanceUID": "1.2.3.4",
+     "ModalitiesInStudy": "CT\\MR", "NumberOfStudyRelatedInstances": 100,
+     "NumberOfStudyRelatedSeries": 2, "PatientBirthDate": None, "_character_set": None},
+    {"PatientName": "Müller^Jürgen", "PatientID": "P2", "StudyDate": "", "StudyTime": None,
+     "AccessionNumber": None, "StudyDescription": "odd", "StudyInstanceUID": "1.2.3.45",
+     "ModalitiesInStudy": "CT", "NumberOfStudyRelatedInstances": 1,
+     "NumberOfStudyRelatedSeries": 1, "PatientBirthDate": "19700101",
+     "_character_set": "ISO_IR 100"},
+    {"PatientName": "山田^太郎", "PatientID": "P3", "StudyDate": "20240102",
+     "StudyTime": "1010", "AccessionNumber": "", "StudyDescription": "",
+     "StudyInstanceUID": "1.2.3", "ModalitiesInStudy": "", "NumberOfStudyRelatedInstances": 0,
+     "NumberOfStudyRelatedSeries": 0, "PatientBirthDate": None, "_character_set": None},
+]
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("row", ROWS, ids=["ascii", "latin1", "utf8"])
+def test_find_identifier_bytes_match_pydicom(row, implicit):
+    parsed = parse_identifier(_identifier(), STUDY_FIND, retrieve=False)
+    plan = response_plan(parsed)
+    expected = encode(build_response(parsed, row, "OSIRIXPY", plan), implicit, True)
+    elements, charset = response_elements(parsed, row, "OSIRIXPY", plan)
+    assert fastpath.encode_elements(elements, charset, implicit) == expected
+
+
+def test_find_identifier_refuses_what_it_cannot_encode():
+    with pytest.raises(fastpath.EncodeError):
+        fastpath.encode_elements([(0x00081110, "SQ", [Dataset()])], None, True)
+    with pytest.raises(fastpath.EncodeError):
+        fastpath.encode_elements([(0x00280010, "US or SS", 1)], None, False)
+    with pytest.raises(fastpath.EncodeError):
+        fastpath.encode_elements([(0x00100010, "PN", "é")], None, True)  # no charset: ASCII only
+
+
+def test_pdvs_are_fragmented_and_packed_within_the_peer_maximum():
+    cmd, ds = b"c" * 100, b"d" * 40_000
+    pdvs = fastpath.message_pdvs(3, cmd, ds, 16384)
+    assert pdvs[0] == (3, b"\x03" + cmd)
+    assert [p[1][0] for p in pdvs[1:]] == [0, 0, 2]
+    assert b"".join(p[1][1:] for p in pdvs[1:]) == ds
+    for p in fastpath.pack_pdvs(pdvs, 16384):
+        assert sum(len(item) + 4 for _, item in p.presentation_data_value_list) <= 16384
+    # Unlimited: one PDU with both PDVs.
+    assert len(fastpath.pack_pdvs(fastpath.message_pdvs(1, cmd, ds, 0), 0)) == 1
+
+
+def test_stored_instance_sends_the_stored_bytes(tmp_path):
+    ds = synthetic.make_ct_series(slices=1, rows=64, columns=64)[0]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    inst = fastpath.StoredInstance.from_file(data)
+    assert inst.SOPInstanceUID == ds.SOPInstanceUID
+    ts = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
+    raw = inst.encoded_for(ts.is_implicit_VR, ts.is_little_endian, False)
+    assert raw is not None and data.endswith(raw)
+    assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == inst.SOPInstanceUID
+    # The other little endian encoding: parsed and re-encoded by pydicom.
+    assert inst.encoded_for(not ts.is_implicit_VR, True, False) is None
+    fastpath.install_encode_hook()
+    import pynetdicom.association as pa
+
+    other = pa.encode(inst, not ts.is_implicit_VR, True, False)
+    back = pydicom.filereader.read_dataset(io.BytesIO(other), not ts.is_implicit_VR, True)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID and back.PixelData == ds.PixelData
+
+
+def test_split_part10_rejects_what_is_not_part10():
+    with pytest.raises(ValueError):
+        fastpath.split_part10(b"\0" * 200)
+
+
+@pytest.mark.parametrize("originator", [None, "OSIRIXPY", "ODD"])
+def test_store_rq_command_matches_pynetdicom(originator):
+    from pynetdicom.dimse_messages import C_STORE_RQ
+
+    rq = C_STORE()
+    rq.MessageID = 65535
+    rq.AffectedSOPClassUID = CT
+    rq.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    rq.Priority = 2
+    if originator:
+        rq.MoveOriginatorApplicationEntityTitle = originator
+        rq.MoveOriginatorMessageID = 9
+    rq.DataSet = io.BytesIO(b"\0\0")
+    assert fastpath.store_rq_command(rq) == _pynetdicom_command(C_STORE_RQ, rq)
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
+@pytest.mark.parametrize("inst", ["1.2.3", "1.2.34"])
+def test_file_meta_bytes_match_pynetdicom(ts, inst):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    expected = encode_file_meta(create_file_meta(sop_class_uid=CT, sop_instance_uid=inst,
+                                                 transfer_syntax=ts))
+    assert fastpath.file_meta_bytes(CT, inst, ts) == expected
+
+
+@pytest.mark.parametrize("status,comment", [(0x0000, None), (0xA900, "bad level"), (0xFE00, None)])
+def test_final_find_rsp_command_matches_pynetdicom(status, comment):
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 77
+    rsp.AffectedSOPClassUID = STUDY_FIND
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    assert fastpath.find_rsp_command(rsp) == _pynetdicom_command(C_FIND_RSP, rsp)
+
+
+@pytest.mark.parametrize("kind", ["move", "get"])
+def test_pending_retrieve_rsp_command_matches_pynetdicom(kind):
+    from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+
+    prim, msg, field = (C_MOVE, C_MOVE_RSP, 0x8021) if kind == "move" else (C_GET, C_GET_RSP, 0x8010)
+    rsp = prim()
+    rsp.MessageIDBeingRespondedTo = 4
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    rsp.Status = 0xFF00
+    rsp.NumberOfRemainingSuboperations = 99
+    rsp.NumberOfCompletedSuboperations = 1
+    rsp.NumberOfFailedSuboperations = 0
+    rsp.NumberOfWarningSuboperations = 0
+    assert fastpath.retrieve_pending_command(rsp, field) == _pynetdicom_command(msg, rsp)
+    rsp.Status = 0x0000  # final responses: pynetdicom's path (and the listener's overrides)
+    assert fastpath.retrieve_pending_command(rsp, field) is None
+
+
+def test_reactor_sleep_ends_when_a_message_is_queued():
+    import threading
+    import time
+
+    import pynetdicom.association as pa
+
+    class _Dimse:
+        def __init__(self):
+            import queue
+
+            self.msg_queue = queue.Queue()
+
+    class _Assoc:
+        dimse = _Dimse()
+
+    assoc = _Assoc()
+    assoc.dimse.msg_queue.put((1, "early"))
+    woke: list[float] = []
+
+    def reactor():
+        assert fastpath.install_reactor_wakeup(assoc)
+        pa.time.sleep(0.001)  # a message is pending: returns at once
+        t0 = time.perf_counter()
+        pa.time.sleep(0.001)  # nothing: the full tick
+        woke.append(time.perf_counter() - t0)
+        fastpath.remove_reactor_wakeup(assoc)
+
+    t = threading.Thread(target=reactor)
+    t.start()
+    t.join(5)
+    assert woke and woke[0] >= 0.0009
+    assert assoc.dimse.msg_queue.get_nowait() == (1, "early")  # moved, not lost
+    assert pa.time.monotonic() > 0  # everything else is the real time module
