@@ -83,6 +83,8 @@ OTHER_SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Image", "Middle-button drag", "Pan"),
     ("Layout", "MPR: left click / drag", "Move the cross (the other two planes follow)"),
     ("Layout", "MPR: wheel, Up / Down", "Next / previous plane of the view under the cursor"),
+    ("Layout", "Ctrl+3", "3D / MPR window on the current series (volume rendering, MIP, oblique MPR)"),
+    ("Database", "Ctrl+Shift+Q", "Query & Retrieve (find and move studies from a DICOM node)"),
     ("Tools", "Double-click / Enter", "Close a polygon"),
     ("Database", "Return", "Open the selected series"),
     ("Database", "Del", "Delete the selected patients, studies or series"),

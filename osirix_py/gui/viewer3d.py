@@ -20,7 +20,12 @@ MinIP, mean) are in the toolbar.
 3D view -- left-drag rotates, Shift+left or middle-drag pans, Ctrl+left-drag
 or the wheel zooms, right-drag (or Alt+left) is the window/level of the
 transfer function.  While the mouse drags, the renderer favours speed; the
-full-quality picture follows the release.
+full-quality picture follows the release.  With the crop box on, the centres
+of its faces carry square handles (red: columns, green: rows, blue: slices;
+the two faces that point at the eye have none): drag one to move that
+cropping plane; the percentage spin boxes follow.  A big volume shows a
+subsampled preview first (in about a second) while the ray caster prepares
+the full-quality frame on the render thread.
 
 VTK is imported only when a window opens (the 2D viewer imports this module
 for its menu action).
@@ -67,6 +72,8 @@ VIEW_TITLES = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
 SLAB_LABELS = {"mip": "MIP", "minip": "MinIP", "mean": "Mean"}
 BLEND_LABELS = {"composite": "Volume Rendering", "mip": "3D MIP", "minip": "3D MinIP"}
 HANDLE_PX = 7.0
+CROP_HANDLE_PX = 9.0
+CROP_AXIS_COLORS = (QColor(255, 110, 100), QColor(110, 230, 110), QColor(110, 160, 255))  # column, row, slice
 GAP_PX = 10.0
 MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
 
@@ -410,7 +417,9 @@ class VolumePanel(QWidget):
     """
 
     rendered = Signal()
-    _frameReady = Signal(object, float, int)  # image (or None), ms, the request it served
+    cropDragged = Signal(object)  # the crop box (6 fractions) while a face handle is dragged
+    _frameReady = Signal(object, float, int)  # (image or None, view), ms, the request it served
+    _prepared = Signal()  # the ray caster's full-quality tables are built (on the spare thread)
 
     def __init__(self, make_renderer, parent: QWidget | None = None):
         super().__init__(parent)
@@ -420,8 +429,13 @@ class VolumePanel(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osirix-vr")
+        # a spare thread builds the ray caster's per-voxel tables while previews are drawn
+        self._prep_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osirix-vr-prep")
+        self._prep_future = None
         self.renderer = self._executor.submit(make_renderer).result()
         self.image: np.ndarray | None = None
+        self.view = None  # the renderer's camera (numbers) for the image shown
+        self.preview = False  # the image shown is the quick preview; the full one is on its way
         self._qimage: QImage | None = None
         self._drag: dict | None = None
         self._future = None
@@ -435,6 +449,7 @@ class VolumePanel(QWidget):
         self._font = QFont(self.font())
         self._font.setPointSizeF(max(8.0, self._font.pointSizeF()))
         self._frameReady.connect(self._on_frame)
+        self._prepared.connect(self.request_render)
         self._resize_timer = QTimer(self)
         self._resize_timer.setSingleShot(True)
         self._resize_timer.setInterval(60)
@@ -480,27 +495,49 @@ class VolumePanel(QWidget):
         import time
 
         t0 = time.perf_counter()
+        view, preview = None, False
         try:
             self.renderer.resize(width, height)
             img = self.renderer.render()
+            view, preview = self.renderer.last_view, self.renderer.needs_refine
         except Exception as exc:  # noqa: BLE001 - shown in the view
             log.exception("volume rendering failed")
             self.error = str(exc)
             img = None
-        self._frameReady.emit(img, (time.perf_counter() - t0) * 1e3, request)
+        self._frameReady.emit((img, view, preview), (time.perf_counter() - t0) * 1e3, request)
 
-    def _on_frame(self, img, ms: float, request: int) -> None:
+    def _on_frame(self, frame, ms: float, request: int) -> None:
+        img, view, preview = frame
         self._future = None
         self._served = max(self._served, request)
         if img is not None:
             self.image = img
+            self.view = view
+            self.preview = preview
             self._qimage = to_qimage(img)
             self.last_ms = ms
             self.frames += 1
         self.update()
         self.rendered.emit()
+        if preview and self._prep_future is None:
+            # the quick first picture is up: the full-quality tables are built on the spare thread
+            # (previews go on meanwhile: the view stays usable), then the full frame is drawn
+            self.renderer.will_prepare()
+            self._prep_future = self._prep_executor.submit(self._prepare)
         if self._ops or self._served < self._requested:
             self._start()
+
+    def _prepare(self) -> None:  # the spare thread
+        try:
+            self.renderer.prepare_full()
+        except Exception:  # noqa: BLE001 - the render thread then builds them in its next frame
+            log.exception("preparing the full-quality 3D view")
+        self._prepared.emit()
+
+    @property
+    def preparing(self) -> bool:
+        f = self._prep_future
+        return f is not None and not f.done()
 
     def render_now(self, timeout: float = 120.0) -> None:
         """Draw a frame with everything asked so far and wait for it (tests, screenshots)."""
@@ -516,8 +553,25 @@ class VolumePanel(QWidget):
             app.processEvents()
             time.sleep(0.002)
 
+    def wait_full_quality(self, timeout: float = 120.0) -> None:
+        """:meth:`render_now`, then wait until the frame shown is no preview."""
+        import time
+
+        self.render_now(timeout)
+        end = time.monotonic() + timeout
+        app = QApplication.instance()
+        while self.preview and not self.renderer.closed:
+            if time.monotonic() > end:
+                raise TimeoutError("the 3D view did not reach full quality in time")
+            if self.preparing:
+                app.processEvents()
+                time.sleep(0.01)
+            else:
+                self.render_now(timeout)
+
     def shutdown(self) -> None:
         """Finish the frame being drawn, free the GL context on its thread, stop the thread."""
+        self._prep_executor.shutdown(wait=True)  # the tables being built use the renderer's mapper
         if not self.renderer.closed:
             try:
                 self.call(self.renderer.close)
@@ -549,16 +603,69 @@ class VolumePanel(QWidget):
         for i, t in enumerate(lines):
             _shadow_text(p, QPointF(6, 4 + fm.height() * (i + 1) - fm.descent()), t,
                          QColor(120, 180, 255) if i == 0 else None)
-        status = "interactive" if r.interacting else f"{self.last_ms:.0f} ms"
+        if r.crop_enabled and self.view is not None and self._qimage is not None:
+            self._paint_crop_handles(p)
+        if self.preview:
+            status = "preview \u2014 full quality on its way\u2026"
+        else:
+            status = "interactive" if r.interacting else f"{self.last_ms:.0f} ms"
         _shadow_text(p, QPointF(self.width() - 6 - fm.horizontalAdvance(status), self.height() - 6), status,
                      QColor(170, 170, 170))
         p.setPen(QPen(QColor(120, 180, 255), 1))
         p.drawRect(self.rect().adjusted(0, 0, -1, -1))
         p.end()
 
+    # ------------------------------------------------------------ crop box
+    def _image_scale(self) -> tuple[float, float]:
+        v = self.view
+        return self.width() / max(1, v.width), self.height() / max(1, v.height)
+
+    def crop_handle_points(self) -> list[tuple[int, QPointF]]:
+        """Widget positions of the crop box's draggable face handles (as painted)."""
+        r, v = self.renderer, self.view
+        if not r.crop_enabled or v is None:
+            return []
+        sx, sy = self._image_scale()
+        box = self._drag["box"] if self._drag and self._drag.get("mode") == "crop" else r.crop_box
+        return [(face, QPointF((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5))
+                for face, x, y, _span in r.crop_handles(v, box)]
+
+    def crop_handle_at(self, pos: QPointF) -> int | None:
+        best, best_d = None, CROP_HANDLE_PX + 4.0
+        for face, pt in self.crop_handle_points():
+            d = math.hypot(pos.x() - pt.x(), pos.y() - pt.y())
+            if d <= best_d:
+                best, best_d = face, d
+        return best
+
+    def _paint_crop_handles(self, p: QPainter) -> None:
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        active = self._drag.get("face") if self._drag and self._drag.get("mode") == "crop" else None
+        for face, pt in self.crop_handle_points():
+            col = CROP_AXIS_COLORS[face // 2]
+            p.setPen(QPen(QColor(255, 255, 255) if face == active else QColor(20, 20, 20), 1.5))
+            p.setBrush(col)
+            p.drawRect(QRectF(pt.x() - CROP_HANDLE_PX / 2 - 1, pt.y() - CROP_HANDLE_PX / 2 - 1,
+                              CROP_HANDLE_PX + 2, CROP_HANDLE_PX + 2))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+
     def mousePressEvent(self, e):  # noqa: N802
         mods = e.modifiers()
         b = e.button()
+        if (b == Qt.MouseButton.LeftButton and mods == Qt.KeyboardModifier.NoModifier
+                and self.renderer.crop_enabled):
+            face = self.crop_handle_at(e.position())
+            if face is not None:
+                # drag a face of the crop box: the camera of the picture shown maps the mouse
+                self._drag = {"mode": "crop", "face": face, "start": e.position(),
+                              "box0": tuple(self.renderer.crop_box), "box": tuple(self.renderer.crop_box),
+                              "view": self.view}
+                sx, sy = self._image_scale()
+                self._drag["scale"] = (sx, sy)
+                self.apply(self.renderer.begin_interaction)
+                e.accept()
+                return
         if b == Qt.MouseButton.RightButton or (b == Qt.MouseButton.LeftButton
                                                and mods & Qt.KeyboardModifier.AltModifier):
             mode = "wl"
@@ -578,11 +685,21 @@ class VolumePanel(QWidget):
     def mouseMoveEvent(self, e):  # noqa: N802
         d = self._drag
         if d is None:
+            if self.renderer.crop_enabled:
+                over = self.crop_handle_at(e.position()) is not None
+                self.setCursor(Qt.CursorShape.SizeAllCursor if over else Qt.CursorShape.ArrowCursor)
             return
         pos = e.position()
+        r = self.renderer
+        if d["mode"] == "crop":
+            sx, sy = d["scale"]
+            dx, dy = (pos.x() - d["start"].x()) / sx, (pos.y() - d["start"].y()) / sy
+            d["box"] = r.dragged_crop_box(d["face"], dx, dy, box=d["box0"], view=d["view"])
+            self.cropDragged.emit(d["box"])
+            self.update()
+            return
         dx, dy = pos.x() - d["pos"].x(), pos.y() - d["pos"].y()
         d["pos"] = pos
-        r = self.renderer
         op = {"rotate": lambda: r.rotate(dx, dy), "pan": lambda: r.pan(dx, dy),
               "zoom": lambda: r.zoom(1.01 ** (-dy)), "wl": lambda: r.adjust_window(dx, dy)}[d["mode"]]
         self.apply(op)
@@ -620,6 +737,7 @@ class Viewer3DWindow(QMainWindow):
         self.vr = VolumePanel(lambda: VolumeRenderer(volume, vtk_volume=self.vtk, size=vr_size, mapper=mapper))
         self.renderer = self.vr.renderer
         self.vr.rendered.connect(self._sync_3d_controls)
+        self.vr.cropDragged.connect(self._crop_dragged)
         self.setWindowTitle(f"3D / MPR \u2014 {title or volume.description or volume.modality or 'Volume'}")
         win = initial_window(volume)
         self.panels: dict[str, MprPanel] = {}
@@ -835,6 +953,14 @@ class Viewer3DWindow(QMainWindow):
             s.blockSignals(False)
         self._crop_changed()
 
+    def _crop_dragged(self, box) -> None:
+        """A face handle of the 3D view moved: the spin boxes show it, the renderer takes it."""
+        for s, v in zip(self.crop_spins, box):
+            s.blockSignals(True)
+            s.setValue(int(round(v * 100)))
+            s.blockSignals(False)
+        self.vr.apply(lambda: self.renderer.set_crop_box(box))
+
     def _crop_changed(self) -> None:
         box = [s.value() / 100.0 for s in self.crop_spins]
         self.vr.apply(lambda: self.renderer.set_crop_box(box))
@@ -846,7 +972,7 @@ class Viewer3DWindow(QMainWindow):
         self.vr.apply(self.renderer.reset_camera)
 
     def snapshot(self, path: str | Path) -> Path:
-        """The 3D view at full quality as a PNG (VTK's own writer, on the render thread)."""
+        """The 3D view at full quality as a PNG (written on the render thread)."""
         self.vr.render_now()  # every change asked for so far is in
         return self.vr.call(lambda: self.renderer.snapshot(path))
 

@@ -110,8 +110,10 @@ class VtkVolume:
         return p @ inv[:3, :3].T + inv[:3, 3]
 
     def value_range(self) -> tuple[float, float]:
-        lo, hi = self.local.GetScalarRange()
-        return float(lo), float(hi)
+        """(minimum, maximum) of the voxels (numpy: ~10x faster than VTK's ``GetScalarRange``)."""
+        if self.array.size == 0:
+            return 0.0, 0.0
+        return float(self.array.min()), float(self.array.max())
 
 
 def volume_to_vtk(volume: Volume) -> VtkVolume:

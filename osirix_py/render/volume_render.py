@@ -18,12 +18,18 @@ the GPU ray caster runs on the CPU and is slow, so the CPU ray caster
 (``vtkFixedPointVolumeRayCastMapper``) is used instead, with automatic
 sample distances and a desired update rate while the mouse drags (coarser
 rays, interactive frame rates) and full quality (one ray per pixel, a
-sample per voxel) when it stops.
+sample per voxel) when it stops.  On that CPU path, 3D MIP / MinIP in the
+(parallel) camera is computed by numpy shear-warp (:mod:`.projection`, tens
+of milliseconds instead of seconds, the same picture), and the first
+composite frame of a big volume comes from a subsampled copy (the ray
+caster's per-voxel gradient tables take 7-15 s for 512x512x300; the full
+frame follows on the next :meth:`VolumeRenderer.render`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,9 +40,8 @@ import numpy as np
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (OpenGL factory overrides)
 import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (GPU volume mapper override)
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
 from vtkmodules.vtkFiltersSources import vtkOutlineSource
-from vtkmodules.vtkIOImage import vtkPNGWriter
 from vtkmodules.vtkRenderingAnnotation import vtkAnnotatedCubeActor
 from vtkmodules.vtkRenderingCore import (
     vtkActor,
@@ -53,6 +58,7 @@ from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkG
 from ..imaging.volume import Volume
 from .convert import VtkVolume, matrix_from_numpy, volume_to_vtk
 from .presets import BLENDS, TransferFunction, VRPreset, get_vr_preset, robust_range, vr_presets_for
+from .projection import ParallelView, Projector, crop_index_ranges
 
 __all__ = ["SOFTWARE_GL_MARKERS", "VolumeRenderer", "gl_info", "is_software_gl", "prefer_offscreen_window"]
 
@@ -136,6 +142,14 @@ class VolumeRenderer:
     #: CPU ray caster while dragging: one ray per this many pixels (adapted to the frame rate).
     image_sample_distance = 2.0
     max_image_sample_distance = 8.0
+    #: 3D MIP / MinIP in a parallel projection by numpy shear-warp (:mod:`.projection`) instead of
+    #: the CPU ray caster: the same picture, 30-60 ms instead of 1-3 s for 512x512x300.
+    fast_projection = True
+    #: Before the CPU ray caster's first composite frame of a big volume (it builds gradient and
+    #: shading tables for every voxel: 7-15 s for 512x512x300 on 2 cores), frames are drawn from a
+    #: subsampled copy of at most this many voxels (:attr:`needs_refine` tells that one was).
+    preview_voxels = 3_000_000
+    progressive = True
 
     def __init__(self, volume: Volume, *, size: tuple[int, int] = (512, 512), mapper: str = "auto",
                  preset: str | VRPreset | None = None, vtk_volume: VtkVolume | None = None,
@@ -200,6 +214,10 @@ class VolumeRenderer:
         self.prop.SetProperty(self.property)
         self.prop.SetUserMatrix(matrix_from_numpy(self.vtk.matrix))
         self.renderer.AddVolume(self.prop)
+        self._projector: Projector | None = None
+        self._preview: tuple[vtkVolume, Any] | None = None
+        self.full_ready = False  # the main mapper has drawn a composite frame (its tables exist)
+        self.last_frame_kind = ""  # "raycast", "preview" or "projection"
 
         # crop-box outline (shown while cropping)
         self._outline = vtkOutlineSource()
@@ -291,7 +309,7 @@ class VolumeRenderer:
         self._apply_blend()
         self._apply_tf()
 
-    def _apply_blend(self) -> None:
+    def _apply_mapper_blend(self) -> None:
         m = self.mapper
         if self.blend == "mip":
             m.SetBlendModeToMaximumIntensity()
@@ -299,6 +317,9 @@ class VolumeRenderer:
             m.SetBlendModeToMinimumIntensity()
         else:
             m.SetBlendModeToComposite()
+
+    def _apply_blend(self) -> None:
+        self._apply_mapper_blend()
         self.property.SetShade(1 if (self.blend == "composite" and self.tf_shade()) else 0)
 
     def tf_shade(self) -> bool:
@@ -374,6 +395,72 @@ class VolumeRenderer:
         self.mapper.SetCropping(1 if self.crop_enabled else 0)
         self._outline.SetBounds(*planes)
         self.outline_actor.SetVisibility(1 if self.crop_enabled else 0)
+
+    #: The crop box's faces: (axis, side) in the order of :attr:`crop_box` (x0, x1, y0, y1, z0, z1).
+    CROP_FACES = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))
+
+    def crop_face_centres(self, box: Sequence[float] | None = None) -> np.ndarray:
+        """``(6, 3)`` LPS centres of the crop box's faces, in :attr:`CROP_FACES` order."""
+        b = self.crop_box if box is None else tuple(box)
+        dims, sp = self.vtk.dimensions, self.vtk.spacing
+        ext = [(dims[a] - 1) * sp[a] for a in range(3)]
+        lo = np.array([b[0] * ext[0], b[2] * ext[1], b[4] * ext[2]])
+        hi = np.array([b[1] * ext[0], b[3] * ext[1], b[5] * ext[2]])
+        mid = (lo + hi) / 2.0
+        pts = []
+        for axis, side in self.CROP_FACES:
+            p = mid.copy()
+            p[axis] = hi[axis] if side else lo[axis]
+            pts.append(p)
+        return self.vtk.local_to_patient(np.array(pts))
+
+    def crop_face_axes(self) -> np.ndarray:
+        """``(3, 3)``: the LPS displacement that moves a crop face across the whole axis (rows x, y, z)."""
+        dims, sp = self.vtk.dimensions, self.vtk.spacing
+        m = self.vtk.matrix[:3, :3]
+        return np.array([m[:, a] * (dims[a] - 1) * sp[a] for a in range(3)])
+
+    def crop_handles(self, view: ParallelView | None = None,
+                     box: Sequence[float] | None = None) -> list[tuple[int, float, float, float]]:
+        """The faces one can drag in ``view``: ``(face, x, y, pixels per unit fraction)``.
+
+        A face whose axis points (nearly) along the view direction cannot be dragged
+        in this view (its handle sits on another one's): it is left out.
+        """
+        v = view or getattr(self, "last_view", None) or self.parallel_view()
+        pts = v.to_pixels(self.crop_face_centres(box))
+        axes = self.crop_face_axes()
+        out = []
+        for i, (axis, _side) in enumerate(self.CROP_FACES):
+            d = v.to_pixels(np.array([[0.0, 0.0, 0.0], axes[axis]]))
+            d = d[1] - d[0]
+            span = float(np.hypot(*d))
+            if span >= 8.0:
+                out.append((i, float(pts[i, 0]), float(pts[i, 1]), span))
+        return out
+
+    def dragged_crop_box(self, face: int, dx: float, dy: float, box: Sequence[float] | None = None,
+                         view: ParallelView | None = None, min_gap: float = 0.02) -> tuple[float, ...]:
+        """The crop box after dragging ``face``'s handle by ``(dx, dy)`` pixels (y down) in ``view``.
+
+        The face moves along its axis by the drag's component along that axis on the
+        screen; it stays inside the volume and ``min_gap`` away from the opposite face.
+        """
+        b = list(self.crop_box if box is None else box)
+        v = view or getattr(self, "last_view", None) or self.parallel_view()
+        axis, side = self.CROP_FACES[face]
+        d = v.to_pixels(np.array([[0.0, 0.0, 0.0], self.crop_face_axes()[axis]]))
+        s = d[1] - d[0]
+        n2 = float(s @ s)
+        if n2 < 1e-6:
+            return tuple(b)
+        frac = b[face] + (dx * s[0] + dy * s[1]) / n2
+        if side == 0:
+            frac = min(max(0.0, frac), b[face + 1] - min_gap)
+        else:
+            frac = max(min(1.0, frac), b[face - 1] + min_gap)
+        b[face] = float(frac)
+        return tuple(b)
 
     # -------------------------------------------------------------- camera
     @property
@@ -521,14 +608,197 @@ class VolumeRenderer:
     def set_orientation_cube(self, on: bool) -> None:
         self.cube_renderer.SetDraw(1 if on else 0)
 
-    def render(self) -> np.ndarray:
-        """Render and return the picture, ``(height, width, 3)`` uint8 RGB, row 0 at the top."""
-        self._sync_cube()
-        self.renderer.ResetCameraClippingRange()
+    # ------------------------------------------------- fast MIP, quick preview
+    def uses_projection(self) -> bool:
+        """Whether :meth:`render` draws the MIP / MinIP with numpy (see :mod:`.projection`)."""
+        return (self.fast_projection and self.blend in ("mip", "minip") and self.mapper_kind == "cpu"
+                and bool(self.camera.GetParallelProjection()))
+
+    @property
+    def projector(self) -> Projector | None:
+        """The numpy MIP / MinIP engine (made at the first such frame)."""
+        return self._projector
+
+    @property
+    def needs_refine(self) -> bool:
+        """The last frame came from the subsampled preview: render again for the full-quality one."""
+        return self.last_frame_kind == "preview"
+
+    def _uses_preview(self) -> bool:
+        if not (self.progressive and self.blend == "composite" and self.mapper_kind == "cpu"):
+            return False
+        if self.full_ready or self.preview_factor() <= 1:
+            return False
+        # while the mouse drags, and for the first still frame; the next still frame is the full one
+        return self.interacting or self.last_frame_kind != "preview"
+
+    def preview_factor(self) -> int:
+        """Take every n-th voxel along each axis for the preview (1 = the volume is small)."""
+        c, r, s = self.vtk.dimensions
+        return max(1, math.ceil((c * r * s / float(self.preview_voxels)) ** (1.0 / 3.0) - 1e-9))
+
+    def _preview_prop(self) -> vtkVolume:
+        if self._preview is None:
+            f = self.preview_factor()
+            small = np.ascontiguousarray(self.vtk.array[::f, ::f, ::f])
+            img = vtkImageData()
+            s, r, c = small.shape
+            img.SetDimensions(c, r, s)
+            img.SetSpacing(*(sp * f for sp in self.vtk.spacing))
+            img.SetOrigin(0.0, 0.0, 0.0)
+            arr = numpy_support.numpy_to_vtk(small.reshape(-1), deep=False)
+            img.GetPointData().SetScalars(arr)
+            m = vtkFixedPointVolumeRayCastMapper()
+            m.SetInputData(img)
+            m.SetSampleDistance(self.full_sample_distance * f)
+            m.SetImageSampleDistance(1.0)
+            m.SetAutoAdjustSampleDistances(0)
+            m.SetNumberOfThreads(max(1, os.cpu_count() or 1))
+            m.SetCroppingRegionFlagsToSubVolume()
+            prop = vtkVolume()
+            prop.SetMapper(m)
+            prop.SetProperty(self.property)
+            prop.SetUserMatrix(matrix_from_numpy(self.vtk.matrix))
+            prop.SetVisibility(0)
+            self.renderer.AddVolume(prop)
+            self._preview = (prop, (small, arr, img))
+        prop = self._preview[0]
+        m = prop.GetMapper()
+        m.SetBlendMode(self.mapper.GetBlendMode())
+        m.SetCroppingRegionPlanes(*self.crop_planes())
+        m.SetCropping(1 if self.crop_enabled else 0)
+        return prop
+
+    def prepare_full(self) -> None:
+        """Build the CPU ray caster's per-voxel tables (gradients, min-max blocks) without
+        drawing in the window: for a spare thread, while :meth:`render` draws previews.
+
+        The main mapper renders once into a tiny offscreen window of its own (its own GL
+        context, made on the calling thread) with shading on; its tables are kept for the
+        real window.  Until this returns, :meth:`render` never uses the main mapper.
+        """
+        if self.full_ready or self.mapper_kind != "cpu" or self.closed:
+            self._preparing = False
+            return
+        self._preparing = True
+        try:
+            win = vtkRenderWindow()
+            win.SetOffScreenRendering(1)
+            win.SetSize(8, 8)
+            ren = vtkRenderer()
+            win.AddRenderer(ren)
+            prop = vtkVolumeProperty()
+            prop.DeepCopy(self.property)
+            prop.ShadeOn()  # gradients are made only when shading (or gradient opacity) needs them
+            vol = vtkVolume()
+            vol.SetMapper(self.mapper)
+            vol.SetProperty(prop)
+            vol.SetUserMatrix(matrix_from_numpy(self.vtk.matrix))
+            ren.AddVolume(vol)
+            ren.ResetCamera()
+            self.mapper.SetBlendModeToComposite()
+            try:
+                win.Render()
+            finally:
+                self._apply_mapper_blend()
+                self.mapper.ReleaseGraphicsResources(win)
+                ren.RemoveVolume(vol)
+                win.Finalize()
+            self.full_ready = True
+        finally:
+            self._preparing = False
+
+    @property
+    def preparing(self) -> bool:
+        return self._preparing
+
+    def will_prepare(self) -> None:
+        """Say that :meth:`prepare_full` is about to run on another thread: until it is done,
+        :meth:`render` draws previews (and leaves the main mapper alone)."""
+        if not self.full_ready and self.mapper_kind == "cpu":
+            self._preparing = True
+
+    _preparing = False
+
+    def parallel_view(self) -> ParallelView:
+        """The camera as numbers (for numpy projections and for a GUI's overlays)."""
+        cam = self.camera
+        w, h = self.size
+        return ParallelView(tuple(cam.GetFocalPoint()), tuple(cam.GetDirectionOfProjection()),
+                            tuple(cam.GetViewUp()), float(cam.GetParallelScale()), w, h)
+
+    def _colorize(self, values: np.ndarray, cover: np.ndarray) -> np.ndarray:
+        """RGB uint8 of projected values through the current colour and opacity functions
+        (a 4096-entry table over the window, background blended in; rebuilt when they change)."""
+        if self.blend == "composite":
+            colors, opac = self.tf.color_points(), self.tf.opacity_points()
+        else:
+            colors, opac = self.tf.grey_ramp()
+        bg = tuple(float(v) for v in self.renderer.GetBackground())
+        key = (tuple(colors), tuple(opac), bg)
+        if getattr(self, "_lut_key", None) != key:
+            xs = np.array([c[0] for c in colors] + [o[0] for o in opac], float)
+            lo, hi = float(xs.min()), float(xs.max())
+            if hi <= lo:
+                hi = lo + 1.0
+            n = 4096
+            x = np.linspace(lo, hi, n)
+            alpha = np.interp(x, [o[0] for o in opac], [o[1] for o in opac])
+            lut = np.empty((n + 1, 3), np.uint8)
+            for ch in range(3):
+                col = np.interp(x, [c[0] for c in colors], [c[ch + 1] for c in colors])
+                lut[:n, ch] = np.clip((col * alpha + bg[ch] * (1.0 - alpha)) * 255.0 + 0.5, 0, 255)
+            lut[n] = np.clip(np.rint(np.asarray(bg) * 255.0), 0, 255)  # a ray that missed
+            self._lut = lut
+            self._lut_map = (lo, (n - 1) / (hi - lo), n)
+            self._lut_key = key
+        lo, scale, n = self._lut_map
+        idx = (values - np.float32(lo)) * np.float32(scale) + np.float32(0.5)
+        np.clip(idx, 0, n - 1, out=idx)
+        idx = idx.astype(np.int32)
+        idx[cover <= 0] = n
+        pic = self._lut[idx]
+        edge = (cover > 0) & (cover < 1)  # anti-aliased outline: blend with the background
+        if edge.any():
+            c = cover[edge][:, None]
+            pic[edge] = np.rint(pic[edge] * c + self._lut[n][None, :].astype(np.float32) * (1 - c)).astype(np.uint8)
+        return pic
+
+    def _render_projection(self) -> np.ndarray:
+        first = self._projector is None
+        if first:
+            self._projector = Projector(self.vtk.array, self.volume.affine)
+        view = self.parallel_view()
+        crop = crop_index_ranges(self.crop_box, self.vtk.dimensions) if self.crop_enabled else None
+        # while the mouse drags: every other voxel when the full-resolution frames are too slow
+        step = 2 if self.interacting and self._projection_seconds > 1.0 / self.interactive_rate else 1
         t0 = time.perf_counter()
-        self.window.Render()
-        self.last_render_seconds = time.perf_counter() - t0
-        self._adapt(self.last_render_seconds)
+        # at rest: fractional shear and planes between thick slices (smooth, like the ray caster's
+        # trilinear samples); while the mouse drags: the rounded shear (about 5x faster)
+        values, cover = self._projector.project(view, self.blend, crop=crop, step=step,
+                                                linear=not self.interacting)
+        if step == 1:
+            self._projection_seconds = time.perf_counter() - t0
+        pic = self._colorize(values, cover)
+        if first:
+            # the other two principal axes' slice stacks, made on a spare thread after the first frame
+            import threading
+
+            threading.Thread(target=self._projector.prepare, args=(True,), name="osirix-mip-prepare",
+                             daemon=True).start()
+        # the outline and the orientation cube: drawn by VTK without the volume, laid over
+        self.prop.SetVisibility(0)
+        try:
+            self.window.Render()
+        finally:
+            self.prop.SetVisibility(1)
+        scene = self._grab()
+        bg = np.rint(np.asarray(self.renderer.GetBackground()) * 255.0).astype(np.int16)
+        over = np.any(scene.astype(np.int16) != bg, axis=2)
+        pic[over] = scene[over]
+        return pic
+
+    def _grab(self) -> np.ndarray:
         f = self._w2i
         f.Modified()
         f.Update()
@@ -537,28 +807,72 @@ class VolumeRenderer:
         a = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3]
         return np.ascontiguousarray(a[::-1])
 
+    def render(self) -> np.ndarray:
+        """Render and return the picture, ``(height, width, 3)`` uint8 RGB, row 0 at the top.
+
+        3D MIP / MinIP on the CPU path: numpy shear-warp (:meth:`uses_projection`).
+        Composite before the ray caster's first full frame of a big volume: the subsampled
+        preview (:attr:`needs_refine` is then True; render again for the full picture).
+        """
+        self._sync_cube()
+        self.renderer.ResetCameraClippingRange()
+        self.last_view = self.parallel_view()
+        t0 = time.perf_counter()
+        if self.uses_projection():
+            self._last_image = self._render_projection()
+            self.last_render_seconds = time.perf_counter() - t0
+            self.last_frame_kind = "projection"
+            return self._last_image
+        preview = self._preparing or self._uses_preview()  # the main mapper is busy on another thread
+        if preview:
+            pp = self._preview_prop()
+            self.prop.SetVisibility(0)
+            pp.SetVisibility(1)
+            try:
+                self.window.Render()
+            finally:
+                pp.SetVisibility(0)
+                self.prop.SetVisibility(1)
+        else:
+            self.window.Render()
+            if self.blend == "composite":
+                self.full_ready = True
+        self.last_render_seconds = time.perf_counter() - t0
+        self.last_frame_kind = "preview" if preview else "raycast"
+        if not preview:
+            self._adapt(self.last_render_seconds)
+        self._last_image = self._grab()
+        return self._last_image
+
     def snapshot(self, path: str | Path) -> Path:
         """Render at full quality and write the picture as a PNG."""
+        from PIL import Image
+
         was = self.interacting
         if was:
             self.end_interaction()
-        self.render()
+        img = self.render()
+        while self.needs_refine:  # a preview: the full-quality frame
+            while self._preparing:  # its tables are being built on another thread
+                time.sleep(0.02)
+            img = self.render()
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        writer = vtkPNGWriter()
-        writer.SetFileName(str(p))
-        writer.SetInputConnection(self._w2i.GetOutputPort())
-        writer.Write()
+        Image.fromarray(img).save(p, format="PNG")
         if was:
             self.begin_interaction()
         return p
 
     closed = False
     last_render_seconds = 0.0
+    last_view: ParallelView | None = None
+    _projection_seconds = 0.0
 
     def close(self) -> None:
         """Free the GL context (the renderer is unusable afterwards)."""
         self.closed = True
+        if self._projector is not None:
+            self._projector.close()
         try:
             self.window.Finalize()
         except Exception:  # noqa: BLE001
@@ -566,5 +880,6 @@ class VolumeRenderer:
 
     def describe(self) -> str:
         gl = self.gl.get("renderer", "unknown GL")
-        return f"{self.mapper_kind.upper()} ray casting on {gl}"
+        extra = " (MIP/MinIP by shear-warp)" if self.mapper_kind == "cpu" and self.fast_projection else ""
+        return f"{self.mapper_kind.upper()} ray casting{extra} on {gl}"
 

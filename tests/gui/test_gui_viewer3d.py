@@ -279,6 +279,97 @@ def test_presets_blend_modes_crop_and_snapshot(qtbot, win, tmp_path):
     assert Image.open(path).size == r.size
 
 
+def test_a_big_volume_shows_a_preview_first_then_the_full_frame(qtbot, volume, monkeypatch):
+    from osirix_py.render import VolumeRenderer
+
+    monkeypatch.setattr(VolumeRenderer, "preview_voxels", 40_000)  # the phantom counts as big
+    w = Viewer3DWindow(volume, title="Phantom CT")
+    qtbot.addWidget(w)
+    w.resize(900, 760)
+    kinds, prep_threads = [], []
+    w.vr.rendered.connect(lambda: kinds.append((w.vr.preview, w.renderer.last_frame_kind)))
+    prepare = w.renderer.prepare_full
+
+    import threading
+
+    go = threading.Event()
+
+    def slow_prepare():
+        prep_threads.append(threading.current_thread().name)
+        go.wait(20)  # a big volume's tables take seconds: the view stays usable meanwhile
+        prepare()
+
+    w.renderer.prepare_full = slow_prepare
+    w.show()
+    qtbot.waitUntil(lambda: len(kinds) >= 1, timeout=20000)
+    assert kinds[0] == (True, "preview")
+    qtbot.waitUntil(lambda: w.vr.preparing, timeout=5000)
+    # while the tables are built on the spare thread, a drag still draws (previews)
+    vr = w.vr
+    centre = QPointF(vr.width() / 2, vr.height() / 2)
+    drag(vr, centre, centre + QPointF(30, 0))
+    vr.render_now()
+    assert vr.preview and w.renderer.last_frame_kind == "preview" and not w.renderer.full_ready
+    assert vr.frames >= 2
+    go.set()
+    # then the full-quality frame follows without being asked
+    qtbot.waitUntil(lambda: not vr.preview, timeout=20000)
+    assert w.renderer.full_ready and kinds[-1] == (False, "raycast")
+    assert prep_threads and prep_threads[0].startswith("osirix-vr-prep")
+    w.vr.wait_full_quality()
+    assert w.vr.image is not None and (w.vr.image.max(axis=2) > 20).mean() > 0.02
+    w.close()
+
+
+def test_dragging_a_crop_face_handle_moves_that_cropping_plane(qtbot, win):
+    vr, r = win.vr, win.renderer
+    win.set_blend("mip")
+    win.actions["crop"].trigger()
+    vr.render_now()
+    assert r.crop_enabled and vr.view is not None
+    handles = dict(vr.crop_handle_points())
+    # from the front: the column (x) and slice (z) faces; the row faces point at the eye
+    assert set(handles) == {0, 1, 4, 5}
+    x1 = handles[1]
+    assert vr.crop_handle_at(x1 + QPointF(3, -2)) == 1
+    assert vr.crop_handle_at(QPointF(x1.x() - 60, x1.y() + 60)) is None
+    span = {f: sp for f, _x, _y, sp in r.crop_handles(vr.view)}[1] * vr.width() / vr.view.width
+    planes0 = r.mapper.GetCroppingRegionPlanes()
+    frames = vr.frames
+    before = vr.image.copy()
+    # drag the patient-left face (on the right of the screen) 30 % of the way to the left
+    drag(vr, x1, x1 - QPointF(0.3 * span, 0), steps=6)
+    assert win.crop_spins[1].value() == 70  # at once, while the renderer takes it after its frame
+    vr.render_now()
+    assert r.crop_box[1] == pytest.approx(0.7, abs=1e-6)
+    assert r.crop_box[0] == 0.0 and r.crop_box[2:] == (0.0, 1.0, 0.0, 1.0)
+    assert win.crop_spins[1].value() == 70 and win.crop_spins[0].value() == 0
+    planes = r.mapper.GetCroppingRegionPlanes()
+    assert planes[1] == pytest.approx(0.7 * planes0[1]) and planes[0] == planes0[0]
+    assert vr.frames > frames and not r.interacting
+    # the handle is drawn where the face now is; the picture lost the cropped strip
+    moved = dict(vr.crop_handle_points())[1]
+    assert moved.x() == pytest.approx(x1.x() - 0.3 * span, abs=1.0)
+    sx = vr.view.width / vr.width()
+    col = int((moved.x() + 8) * sx)
+
+    def lit_grey(img):  # volume pixels (grey), not the orange outline nor the handles
+        part = img[:, col:].astype(int)
+        return int((part.max(axis=2)[np.ptp(part, axis=2) < 10] > 5).sum())
+
+    assert lit_grey(before) > 500 and lit_grey(vr.image) == 0
+    # the slice faces: drag the superior face (top) down by 25 %
+    z1 = dict(vr.crop_handle_points())[5]
+    span_z = {f: sp for f, _x, _y, sp in r.crop_handles(vr.view)}[5] * vr.height() / vr.view.height
+    drag(vr, z1, z1 + QPointF(0, 0.25 * span_z))
+    vr.render_now()
+    assert r.crop_box[5] == pytest.approx(0.75, abs=1e-6) and win.crop_spins[5].value() == 75
+    # the spin boxes still drive the box; the handles follow
+    win.crop_spins[1].setValue(90)
+    vr.render_now()
+    assert r.crop_box[1] == pytest.approx(0.9)
+
+
 def test_3d_frames_render_off_the_gui_thread(qtbot, win, monkeypatch):
     import threading
     import time
