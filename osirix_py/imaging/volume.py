@@ -67,7 +67,10 @@ from ..dicom.pixels import (
     PixelDataError,
     SUVError,
     Window,
+    decode_encapsulated_frame,
     decode_frame,
+    encapsulated_frames,
+    fast_decode_available,
     frame_count,
     padding_range,
     stored_range,
@@ -872,6 +875,74 @@ def _fast_native(rec: _Record) -> np.ndarray | None:
     return arr
 
 
+def _encapsulated_value(rec: _Record) -> bytes | None:
+    """The encapsulated (7FE0,0010) value of ``rec``'s file: from the header when it was
+    read, else straight from the file at the deferred element's offset (no second parse)."""
+    raw = rec.header._dict.get(0x7FE00010)
+    if raw is None:
+        return None
+    value = getattr(raw, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        return value
+    path = rec.path
+    tell = getattr(raw, "value_tell", None)
+    if value is not None or path is None or tell is None:
+        return None
+    length = getattr(raw, "length", 0xFFFFFFFF)
+    with open(path, "rb") as f:
+        f.seek(tell)
+        # undefined length: to the end of the file; the frame parser stops at the
+        # (FFFE,E0DD) Sequence Delimitation Item
+        return f.read(-1 if length == 0xFFFFFFFF else length)
+
+
+def _fast_encapsulated(rec: _Record, cache: dict, lock: threading.Lock) -> np.ndarray | None:
+    """Decode a compressed greyscale frame without pydicom's runner (see
+    :func:`~osirix_py.dicom.pixels.decode_encapsulated_frame`), or ``None``."""
+    meta = getattr(rec.header, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not fast_decode_available(uid):
+        return None
+    out = _scratch(rec, cache, lock)
+    if rec.frame is None:
+        data = _encapsulated_value(rec)
+        if data is None:
+            return None
+        return decode_encapsulated_frame(rec.header, 0, data, uid=uid, out=out)
+    # multi-frame: split the frames once per file, shared by the tasks of that file
+    key = ("frames", rec.path if rec.path is not None else id(rec.source))
+    with lock:
+        frames = cache.get(key)
+        if frames is None:
+            data = _encapsulated_value(rec)
+            try:
+                frames = encapsulated_frames(rec.header, data) if data is not None else []
+            except Exception:  # noqa: BLE001 - the pydicom path reports it
+                frames = []
+            cache[key] = frames
+    if rec.frame >= len(frames):
+        return None
+    return decode_encapsulated_frame(rec.header, rec.frame, uid=uid, frame=frames[rec.frame], out=out)
+
+
+def _scratch(rec: _Record, cache: dict, lock: threading.Lock) -> np.ndarray:
+    """This thread's decode buffer for ``rec``'s frame size, kept in ``cache`` for the load.
+
+    Decoding into a reused buffer instead of a fresh 512 KiB array each time
+    saves the page faults of the allocation (~0.4 ms of a 2 ms frame)."""
+    try:
+        itemsize = max(1, int(rec.header.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        itemsize = 2
+    key = ("scratch", threading.get_ident(), rec.plane.rows, rec.plane.columns, itemsize)
+    buf = cache.get(key)
+    if buf is None:
+        buf = np.empty((rec.plane.rows, rec.plane.columns), dtype=f"u{itemsize}")
+        with lock:
+            cache[key] = buf
+    return buf
+
+
 def _decode_task(items: list[tuple[_Record, int]], out: np.ndarray, guaranteed: bool,
                  ranges: list[tuple[float, float] | None], cache: dict, lock: threading.Lock) -> None:
     import pydicom
@@ -879,6 +950,8 @@ def _decode_task(items: list[tuple[_Record, int]], out: np.ndarray, guaranteed: 
     ds = None
     for rec, slot in items:
         stored = _fast_native(rec)
+        if stored is None:
+            stored = _fast_encapsulated(rec, cache, lock)
         if stored is None:
             if ds is None:
                 if rec.path is None:

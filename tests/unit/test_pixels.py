@@ -199,6 +199,7 @@ def test_missing_codec_names_syntax_and_package(monkeypatch):
         missing_dependencies = {"pylibjpeg": ["pylibjpeg-openjpeg"]}
 
     monkeypatch.setattr(pp, "get_decoder", lambda uid: _Unavailable())
+    monkeypatch.setattr(px, "_codecs_state", [None, False])  # no direct (imagecodecs) decoder either
     ds = _read("MR_small_jp2klossless.dcm")
     with pytest.raises(px.MissingCodecError) as exc:
         px.decode_frame(ds)
