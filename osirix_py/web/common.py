@@ -17,7 +17,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..db.matching import QueryError
 from ..db.schema import instances, series, studies
@@ -97,18 +97,50 @@ def lookup_instance(archive, sop: str, *, study: str | None = None,
 
     A lean indexed lookup for the hot paths (rendering, frames): only the UIDs
     and what :meth:`Archive.read_instance` needs.  404 if there is none.
+    The statement is compiled once per dialect and run on a pooled DB-API
+    connection: ~0.02 ms where a Core ``select`` costs ~0.25 ms of Python.
     """
     check_uid(sop, "instance")
     for v in (study, series_uid):
         if v is not None:
             check_uid(v, "parent")
-    with archive.db.engine.connect() as conn:
-        row = conn.execute(_LOOKUP.where(instances.c.sop_instance_uid == sop)).first()
-    if row is None or (study is not None and row.StudyInstanceUID != study) \
-            or (series_uid is not None and row.SeriesInstanceUID != series_uid):
+    row = _lookup_row(archive.db.engine, sop)
+    if row is None or (study is not None and row["StudyInstanceUID"] != study) \
+            or (series_uid is not None and row["SeriesInstanceUID"] != series_uid):
         where = "".join(f" in {w} {u}" for w, u in (("series", series_uid), ("study", study)) if u)
         raise HttpProblem(404, f"no instance with UID {sop}{where} in the archive")
-    return dict(row._mapping)
+    return row
+
+
+#: dialect -> (SQL text, positional?, result keys) of :data:`_LOOKUP` by SOP Instance UID.
+_LOOKUP_SQL: dict = {}
+
+
+def _lookup_row(engine, sop: str) -> dict | None:
+    dialect = engine.dialect
+    prepared = _LOOKUP_SQL.get(dialect)
+    if prepared is None:
+        compiled = _LOOKUP.where(instances.c.sop_instance_uid == bindparam("sop")) \
+            .compile(dialect=dialect)
+        prepared = (str(compiled), bool(compiled.positional),
+                    tuple(c.name for c in _LOOKUP.selected_columns))
+        _LOOKUP_SQL[dialect] = prepared
+    sql, positional, keys = prepared
+    conn = engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, (sop,) if positional else {"sop": sop})
+            found = cur.fetchone()
+        finally:
+            cur.close()
+    finally:
+        conn.close()
+    if found is None:
+        return None
+    row = dict(zip(keys, found))
+    row["_in_place"] = bool(row["_in_place"])
+    return row
 
 
 _UNIQUE = {Level.PATIENT: "PatientID", Level.STUDY: "StudyInstanceUID",

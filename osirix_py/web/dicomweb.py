@@ -33,7 +33,7 @@ from . import multipart
 from .common import (DICOM_JSON, HttpProblem, base_url, check_uid, dicom_json_response,
                      dicom_json_row, find_instances, int_param, json_bytes, lookup_instance,
                      matching_query, require_admin, resolve_tag, run_find)
-from .render import RenderRequest, choose_media_type
+from .render import RenderRequest, choose_media_type, render_async
 
 #: How many bytes of files WADO-RS reads per worker-thread hop while streaming.
 RETRIEVE_BATCH_BYTES = 4 << 20
@@ -309,7 +309,7 @@ def _render_params(request: Request, frame: int) -> RenderRequest:
     return RenderRequest(frame=frame, window=window, size=size, media_type=mt, quality=quality)
 
 
-def wado_rendered(request: Request) -> Response:
+async def wado_rendered(request: Request) -> Response:
     rt = request.app.state
     keys = _keys(request)
     frame = 1
@@ -319,7 +319,7 @@ def wado_rendered(request: Request) -> Response:
     req = _render_params(request, frame - 1)
     row = lookup_instance(rt.runtime.archive, keys["SOPInstanceUID"],
                           study=keys["StudyInstanceUID"], series_uid=keys["SeriesInstanceUID"])
-    data = rt.renderer.render(row, req)
+    data = await render_async(rt.renderer, row, req)
     return Response(data, media_type=req.media_type)
 
 

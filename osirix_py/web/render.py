@@ -10,6 +10,7 @@ re-rendered.  :meth:`Renderer.frame` also feeds the HTML5 viewer's raw pixels
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,10 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from ..dicom import pixels
+from ..dicom import pixels, quickheader
 from .common import HttpProblem
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
+
+#: Display pipelines kept for the quick path (one per distinct set of display attributes).
+RECIPES = 256
+
+#: Attributes of group 0028 that the display pipeline does not read and that differ
+#: from slice to slice: left out of the key under which pipelines are shared.
+#: (0028,0106)/(0028,0107) Smallest/Largest Image Pixel Value, (0028,0108)/(0028,0109)
+#: Smallest/Largest Pixel Value in Series.
+_NOT_DISPLAY = frozenset({0x00280106, 0x00280107, 0x00280108, 0x00280109})
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,11 @@ def _effective_window(p: pixels.DisplayPipeline, window) -> pixels.Window | None
     return None
 
 
-def to_display(frame: Frame, window=None) -> np.ndarray:
-    """8-bit grey (rows, columns) or RGB (rows, columns, 3) of a frame."""
+def to_display(frame: Frame, window=None, out: np.ndarray | None = None) -> np.ndarray:
+    """8-bit grey (rows, columns) or RGB (rows, columns, 3) of a frame.
+
+    *out* (uint8, the frame's shape) receives the image when the shared-LUT path
+    applies; the result may be another array otherwise."""
     p, stored = frame.pipeline, frame.stored
     w = _effective_window(p, window)
     kind = stored.dtype.kind + str(stored.dtype.itemsize)
@@ -120,8 +133,36 @@ def to_display(frame: Frame, window=None) -> np.ndarray:
             and stored.dtype.byteorder in ("=", "<", "|"):
         lut = _shared_lut(p, stored.dtype, w)
         if lut is not None:
-            return np.take(lut, stored.view(np.uint16 if stored.itemsize == 2 else np.uint8))
+            return _apply_lut(lut, stored.view(np.uint16 if stored.itemsize == 2 else np.uint8),
+                              out)
     return p.render(stored, window)
+
+
+#: Frames up to this many pixels index their LUT through a reused index buffer:
+#: ``np.take`` converts its indices to intp, a fresh 8-byte-per-pixel array
+#: (2 MB for 512x512) each time, page faults included.
+_SCRATCH_PIXELS = 1 << 20
+_SCRATCH: list[np.ndarray] = []
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _apply_lut(lut: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.take(lut, idx)`` for unsigned *idx*, without a new intp array per call."""
+    n = idx.size
+    if n > _SCRATCH_PIXELS:
+        return np.take(lut, idx, out=out)
+    with _SCRATCH_LOCK:
+        buf = _SCRATCH.pop() if _SCRATCH else None
+    if buf is None:
+        buf = np.empty(_SCRATCH_PIXELS, np.intp)
+    try:
+        view = buf[:n].reshape(idx.shape)
+        np.copyto(view, idx)
+        return np.take(lut, view, out=out)
+    finally:
+        with _SCRATCH_LOCK:
+            if len(_SCRATCH) < 2:
+                _SCRATCH.append(buf)
 
 
 def encode(img8: np.ndarray, media_type: str, quality: int = 90) -> bytes:
@@ -149,6 +190,80 @@ except ImportError:  # pragma: no cover - depends on the installation
     _simplejpeg = None
 
 
+#: Files up to this size are rendered in the event loop (:func:`render_async`): a
+#: native single-frame image costs ~1 ms of CPU that holds the GIL anyway, and a
+#: hop to a worker thread and back costs two thread wake-ups (slow on a busy
+#: machine).  Bigger files (multi-frame, compressed) are decoded in a worker thread.
+INLINE_RENDER_BYTES = 2 << 20
+
+
+async def render_async(renderer: "Renderer", row: dict, req: RenderRequest) -> bytes:
+    """:meth:`Renderer.render` for async endpoints: a cache hit or a small file in the
+    event loop, anything bigger in the thread pool."""
+    data = renderer.cached(row, req)
+    if data is not None:
+        return data
+    if (row.get("_file_size") or 1 << 62) <= INLINE_RENDER_BYTES:
+        return renderer.render(row, req)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(renderer.render, row, req)
+
+
+class _BufferPool:
+    """A few reused bytearrays: memory that is already mapped, so that reading a file or
+    writing an image into it costs no page faults (a fresh 0.5 MB buffer costs ~130)."""
+
+    def __init__(self, keep: int = 2, minimum: int = 1 << 20):
+        self.keep = keep
+        self.minimum = minimum
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytearray:
+        with self._lock:
+            for i, b in enumerate(self._free):
+                if len(b) >= n:
+                    return self._free.pop(i)
+        return bytearray(max(n, self.minimum))
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+
+
+#: Files up to this size are rendered from a pooled read buffer by :meth:`Renderer.render`
+#: when the quick path applies (native greyscale, see :mod:`~osirix_py.dicom.quickheader`).
+POOLED_FILE_BYTES = 4 << 20
+_FILE_BUFFERS = _BufferPool()
+_IMAGE_BUFFERS = _BufferPool()
+
+
+def _read_pooled(path) -> tuple[bytearray, int] | None:
+    """(pooled buffer, length) holding the file at *path*, or None (too big, unreadable)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > POOLED_FILE_BYTES:
+                return None
+            buf = _FILE_BUFFERS.take(size)
+            view = memoryview(buf)
+            n = 0
+            try:
+                while n < size:
+                    k = f.readinto(view[n:size])
+                    if not k:
+                        break
+                    n += k
+            except BaseException:
+                _FILE_BUFFERS.give(buf)
+                raise
+            return buf, n
+    except OSError:
+        return None  # the ordinary path reports it
+
+
 class Renderer:
     """Renders instances of an archive; thread-safe.
 
@@ -163,6 +278,9 @@ class Renderer:
         self.archive = archive
         self.cache = _LRU(cache_bytes)
         self.frames = _LRU(frame_cache_bytes, size=lambda f: f.nbytes)
+        #: display attributes (raw bytes) -> (DisplayPipeline, pixel spacing), for
+        #: :meth:`_quick_frame`; bounded by entry count.
+        self.recipes = _LRU(RECIPES, size=lambda v: 1)
 
     def frame(self, row: dict, index: int) -> Frame:
         """The decoded frame *index* (0-based) of an instance row (404/406 on errors)."""
@@ -171,13 +289,58 @@ class Renderer:
         if hit is not None:
             return hit
         raw = self.archive.read_instance(row)
-        fast = _read_native_frame(raw, index)
-        if fast is not None:
-            f = decode_dataset_frame(fast[0], index, stored=fast[1])
-        else:
-            f = decode_dataset_frame(pydicom.dcmread(io.BytesIO(raw), force=True), index)
+        f = self._quick_frame(raw, index)
+        if f is None:
+            fast = _read_native_frame(raw, index)
+            if fast is not None:
+                f = decode_dataset_frame(fast[0], index, stored=fast[1])
+            else:
+                f = decode_dataset_frame(pydicom.dcmread(io.BytesIO(raw), force=True), index)
         self.frames.put(key, f)
         return f
+
+    def _quick_frame(self, raw, index: int, *, keep: bool = True) -> Frame | None:
+        """The frame of a native greyscale file by :mod:`~osirix_py.dicom.quickheader`
+        (no pydicom parse of the file), or None when that does not apply.
+
+        The display pipeline is shared by all instances whose display attributes
+        have the same bytes (the slices of a series, as a rule): built once from a
+        small dataset of those attributes with :meth:`DisplayPipeline.from_dataset`,
+        exactly as for a full read.  With *keep* False the frame may be a view of
+        *raw* whatever its size (it is not cached).
+        """
+        img = quickheader.read_native(raw)
+        if img is None:
+            return None
+        if not 0 <= index < img.frames:
+            raise HttpProblem(404, f"frame {index + 1} does not exist (the instance has "
+                                   f"{img.frames})")
+        recipe_key = (img.implicit, tuple(e for e in img.elements if e[0] not in _NOT_DISPLAY))
+        recipe = self.recipes.get(recipe_key)
+        if recipe is None:
+            try:
+                ds = img.dataset()
+                recipe = (pixels.DisplayPipeline.from_dataset(ds, index), _spacing(ds))
+            except pixels.PixelDataError as exc:
+                raise HttpProblem(406, f"cannot decode the pixel data: {exc}") from None
+            except Exception:  # noqa: BLE001 - odd values: the full read reports them properly
+                return None
+            self.recipes.put(recipe_key, recipe)
+        pipeline, spacing = recipe
+        dtype = np.dtype(("<i" if img.signed else "<u") + str(img.bits_allocated // 8))
+        stored = np.frombuffer(raw, dtype, count=img.rows * img.columns,
+                               offset=img.frame_offset(index)).reshape(img.rows, img.columns)
+        if img.bits_stored < img.bits_allocated:
+            # pydicom's correction of the unused high bits: masked (unsigned) or
+            # sign-extended from (0028,0101) Bits Stored (signed).
+            shift = img.bits_allocated - img.bits_stored
+            stored = np.right_shift(np.left_shift(stored, shift), shift)
+            stored.setflags(write=False)
+        elif keep and len(raw) > 2 * stored.nbytes + 65536:
+            # A view would keep the whole (multi-frame) file alive in the frame cache.
+            stored = stored.copy()
+            stored.setflags(write=False)
+        return Frame(stored, pipeline, img.frames, spacing)
 
     def cached(self, row: dict, req: RenderRequest) -> bytes | None:
         """The rendered image if it is in the cache (cheap: no I/O)."""
@@ -188,9 +351,37 @@ class Renderer:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        out = render_frame(self.frame(row, req.frame), req)
+        out = None
+        if self.frames.get((row["SOPInstanceUID"], row.get("_checksum"), req.frame)) is None:
+            out = self._render_pooled(row, req)
+        if out is None:
+            out = render_frame(self.frame(row, req.frame), req)
         self.cache.put(key, out)
         return out
+
+    def _render_pooled(self, row: dict, req: RenderRequest) -> bytes | None:
+        """The image of a native greyscale file read into a pooled buffer, or None.
+
+        The frame is not kept in the frame cache (it is a view of the reused
+        buffer): a native file is re-read and re-parsed in ~0.2 ms, which costs
+        less than the page faults of a fresh 0.5 MB buffer per image.
+        """
+        instance_file = getattr(self.archive, "instance_file", None)
+        path = instance_file(row) if instance_file is not None else None
+        if path is None:
+            return None
+        got = _read_pooled(path)
+        if got is None:
+            return None
+        buf, n = got
+        try:
+            frame = self._quick_frame(memoryview(buf)[:n], req.frame, keep=False)
+            if frame is None:
+                return None
+            return render_frame(frame, req, pooled=True)
+        finally:
+            frame = None
+            _FILE_BUFFERS.give(buf)
 
 
 def _read_native_frame(raw: bytes, index: int):
@@ -238,6 +429,9 @@ def _read_native_frame(raw: bytes, index: int):
     signed = ds.get("PixelRepresentation", 0) == 1
     dtype = np.dtype(("<i" if signed else "<u") + str(itemsize))
     arr = np.frombuffer(raw, dtype, count=rows * cols, offset=start + index * frame_bytes)
+    if len(raw) > 2 * arr.nbytes + 65536:  # do not keep a multi-frame file alive in the cache
+        arr = arr.copy()
+        arr.setflags(write=False)
     return ds, arr.reshape(rows, cols)
 
 
@@ -257,21 +451,42 @@ def decode_dataset_frame(ds, index: int, stored: np.ndarray | None = None) -> Fr
     stored = np.asarray(stored)
     if stored.flags.writeable:
         stored.setflags(write=False)
-    spacing = None
+    spacing = _spacing(ds)
+    return Frame(stored, pipeline, n, spacing)
+
+
+def _spacing(ds) -> tuple[float, float] | None:
+    """(row, column) spacing in mm from (0028,0030) Pixel Spacing or (0018,1164) Imager
+    Pixel Spacing, for the aspect ratio; None if neither is usable."""
     for kw in ("PixelSpacing", "ImagerPixelSpacing"):
         v = ds.get(kw)
         try:
             if v is not None and len(v) >= 2 and float(v[0]) > 0 and float(v[1]) > 0:
-                spacing = (float(v[0]), float(v[1]))
-                break
+                return (float(v[0]), float(v[1]))
         except (TypeError, ValueError):
             continue
-    return Frame(stored, pipeline, n, spacing)
+    return None
 
 
-def render_frame(frame: Frame, req: RenderRequest) -> bytes:
+def render_frame(frame: Frame, req: RenderRequest, *, pooled: bool = False) -> bytes:
+    """The encoded image of a frame; *pooled*: the 8-bit image goes to a reused buffer
+    (released before returning) when it is encoded at its own size."""
+    shape = frame.stored.shape
+    buf = None
+    if pooled and frame.stored.ndim == 2 and not any(req.size):
+        buf = _IMAGE_BUFFERS.take(shape[0] * shape[1])
     try:
-        img8 = to_display(frame, req.window)
+        return _render_frame(frame, req, None if buf is None else
+                             np.frombuffer(buf, np.uint8, count=shape[0] * shape[1])
+                             .reshape(shape))
+    finally:
+        if buf is not None:
+            _IMAGE_BUFFERS.give(buf)
+
+
+def _render_frame(frame: Frame, req: RenderRequest, out: np.ndarray | None) -> bytes:
+    try:
+        img8 = to_display(frame, req.window, out)
     except pixels.PixelDataError as exc:
         raise HttpProblem(406, f"cannot decode the pixel data: {exc}") from None
     rows, cols = req.size

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pydicom
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -22,7 +21,8 @@ from ..dicom.tags import Level
 from ..services.archive import ArchiveError
 from .common import (DICOM_JSON, HttpProblem, check_uid, dicom_json_response, find_one, int_param,
                      lookup_instance, matching_query, plain_row, require_admin, run_find)
-from .render import RenderRequest, _effective_window, choose_media_type, parse_window, to_display
+from .render import (RenderRequest, _effective_window, choose_media_type, parse_window,
+                     render_async, to_display)
 
 LIST_MAX = 10000
 _LEVELS = {"patients": Level.PATIENT, "studies": Level.STUDY, "series": Level.SERIES,
@@ -139,24 +139,10 @@ def _image_response(request: Request, row: dict, *, default_size: int | None) ->
     return _image(request.app.state.renderer.render(row, req), req)
 
 
-#: Files up to this size are rendered in the event loop: a single-frame image
-#: costs ~2 ms of CPU that holds the GIL anyway, and a hop to a worker thread and
-#: back costs two thread wake-ups (slow on a busy machine).  Bigger files (multi-
-#: frame, compressed) are decoded in a worker thread.
-INLINE_RENDER_BYTES = 2 << 20
-
-
 async def _image_response_async(request: Request, default_size: int | None) -> Response:
     req = _render_request(request, default_size)
     row = lookup_instance(_archive(request), request.path_params["uid"])
-    renderer = request.app.state.renderer
-    data = renderer.cached(row, req)
-    if data is None:
-        if (row.get("_file_size") or 1 << 62) <= INLINE_RENDER_BYTES:
-            data = renderer.render(row, req)
-        else:
-            data = await run_in_threadpool(renderer.render, row, req)
-    return _image(data, req)
+    return _image(await render_async(request.app.state.renderer, row, req), req)
 
 
 async def instance_rendered(request: Request) -> Response:
@@ -232,6 +218,9 @@ def statistics(request: Request) -> Response:
 
 
 routes = [
+    # The image routes first: the router tries routes in order, and these are the hot ones.
+    Route("/instances/{uid}/rendered", instance_rendered, methods=["GET"]),
+    Route("/instances/{uid}/thumbnail", instance_thumbnail, methods=["GET"]),
     Route("/patients", list_objects, methods=["GET"]),
     Route("/studies", list_objects, methods=["GET"]),
     Route("/series", list_objects, methods=["GET"]),
@@ -245,8 +234,6 @@ routes = [
     Route("/instances/{uid}/tags", instance_tags, methods=["GET"]),
     Route("/instances/{uid}/bulkdata/{tag}", instance_bulkdata, methods=["GET"]),
     Route("/instances/{uid}/file", instance_file, methods=["GET"]),
-    Route("/instances/{uid}/rendered", instance_rendered, methods=["GET"]),
-    Route("/instances/{uid}/thumbnail", instance_thumbnail, methods=["GET"]),
     Route("/instances/{uid}/pixels", instance_pixels, methods=["GET"]),
     Route("/series/{uid}/thumbnail", series_thumbnail, methods=["GET"]),
     Route("/statistics", statistics, methods=["GET"]),

@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .common import HttpProblem, int_param, lookup_instance
-from .render import RenderRequest, choose_media_type, parse_window
+from .render import RenderRequest, choose_media_type, parse_window, render_async
 
 
-def wado(request: Request) -> Response:
+async def wado(request: Request) -> Response:
     p = request.query_params
     if p.get("requestType") != "WADO":
         raise HttpProblem(400, "requestType must be WADO")
@@ -29,7 +30,8 @@ def wado(request: Request) -> Response:
         raise HttpProblem(406, f"contentType {p.get('contentType')!r} is not offered: "
                                "use image/jpeg, image/png or application/dicom")
     if mt == "application/dicom":
-        return Response(archive.read_instance(row), media_type="application/dicom")
+        return Response(await run_in_threadpool(archive.read_instance, row),
+                        media_type="application/dicom")
     rows = int_param(p, "rows", None, minimum=1, maximum=4096)
     cols = int_param(p, "columns", None, minimum=1, maximum=4096)
     frame = int_param(p, "frameNumber", 1, minimum=1)
@@ -37,4 +39,4 @@ def wado(request: Request) -> Response:
                                                              p.get("windowWidth")),
                         size=(rows, cols), media_type=mt,
                         quality=int_param(p, "imageQuality", 90, minimum=1, maximum=100))
-    return Response(request.app.state.renderer.render(row, req), media_type=mt)
+    return Response(await render_async(request.app.state.renderer, row, req), media_type=mt)

@@ -1,0 +1,299 @@
+"""A minimal reader of native little-endian image files: the header up to (7FE0,0010).
+
+pydicom's ``dcmread(..., stop_before_pixels=True)`` builds a full
+:class:`~pydicom.dataset.Dataset` of every element before the pixel data
+(~1 ms for a CT header); rendering one frame needs a dozen attributes and the
+offset of (7FE0,0010) Pixel Data.  :func:`read_native` walks the elements of a
+Part 10 file in Explicit or Implicit VR Little Endian without converting any
+value, skips sequences by their lengths (or their delimiters), and returns a
+:class:`NativeImage`: the image geometry, the byte offset of the pixel data,
+and the raw values of the attributes that the display pipeline reads
+(:data:`DISPLAY_TAGS` and all of group 0028), so that
+:meth:`NativeImage.dataset` gives a small pydicom dataset to build
+:class:`~osirix_py.dicom.pixels.DisplayPipeline` from.
+
+Anything it does not cover returns ``None`` and the caller reads the file
+with pydicom: no "DICM" preamble, another transfer syntax (big endian,
+deflate, encapsulated), colour, (0028,0100) Bits Allocated other than 8 or 16,
+a sequence among the display attributes (Modality LUT, VOI LUT, palette
+tables), enhanced objects' functional groups, float pixel data, a pixel data
+length that does not hold every frame, or anything malformed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+#: Transfer syntaxes read here: Implicit VR LE, Explicit VR LE.
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+#: (0028,xxxx) is always kept.  These others are kept too (what
+#: :meth:`DisplayPipeline.from_dataset` and the web renderer read outside group 0028):
+#: (0008,0005) Specific Character Set, (0008,0060) Modality, (0018,1164) Imager
+#: Pixel Spacing, (2050,0020) Presentation LUT Shape, (0054,1001) Units,
+#: (3004,0002) Dose Units, (3004,000E) Dose Grid Scaling.
+DISPLAY_TAGS = frozenset({0x00080005, 0x00080060, 0x00181164, 0x20500020, 0x00541001,
+                          0x30040002, 0x3004000E})
+
+#: Top-level attributes whose presence means "not for the quick path":
+#: (5200,9229) Shared and (5200,9230) Per-frame Functional Groups Sequence
+#: (per-frame rescale and windows), (7FE0,0008) Float and (7FE0,0009) Double
+#: Float Pixel Data.
+_UNSUPPORTED = frozenset({0x52009229, 0x52009230, 0x7FE00008, 0x7FE00009})
+
+_PIXEL_DATA = 0x7FE00010
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
+                        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
+                        b"US"})
+#: Nesting deeper than this is refused (a malformed or hostile file).
+_MAX_DEPTH = 16
+
+
+class _Bad(Exception):
+    """Malformed or unsupported: the caller falls back to pydicom."""
+
+
+@dataclass(frozen=True, eq=False)
+class NativeImage:
+    """What rendering a frame of a native greyscale file needs, read without pydicom."""
+
+    transfer_syntax: str
+    rows: int
+    columns: int
+    bits_allocated: int  # 8 or 16
+    bits_stored: int
+    signed: bool  # (0028,0103) Pixel Representation == 1
+    frames: int  # (0028,0008) Number of Frames, 1 when absent or invalid
+    photometric: str  # MONOCHROME1 or MONOCHROME2
+    pixel_offset: int  # file offset of the first byte of (7FE0,0010)'s value
+    pixel_length: int
+    #: ((tag, VR or None for implicit VR, raw value bytes), ...) of the display attributes,
+    #: in file order: hashable, and the key under which pipelines can be shared.
+    elements: tuple[tuple[int, str | None, bytes], ...]
+
+    @property
+    def implicit(self) -> bool:
+        return self.transfer_syntax == IMPLICIT_LE
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.columns * (self.bits_allocated // 8)
+
+    def frame_offset(self, index: int) -> int:
+        return self.pixel_offset + index * self.frame_bytes
+
+    def dataset(self) -> Any:
+        """A pydicom dataset of the display attributes only (values converted lazily)."""
+        from pydicom.dataelem import RawDataElement
+        from pydicom.dataset import Dataset
+        from pydicom.tag import Tag
+
+        implicit = self.implicit
+        raw = {}
+        for tag, vr, value in self.elements:
+            t = Tag(tag)
+            raw[t] = RawDataElement(t, vr, len(value), value, 0, implicit, True)
+        return Dataset(raw)
+
+
+def read_native(buf: bytes | bytearray | memoryview) -> NativeImage | None:
+    """The :class:`NativeImage` of a Part 10 file's bytes (at least up to the pixel
+    data; the whole file for the length check), or ``None`` when the quick path does
+    not apply (see the module docstring)."""
+    try:
+        return _read(buf)
+    except (_Bad, struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length (or reserved)
+_IMPLICIT = struct.Struct("<HHI")  # group, element, 4-byte length
+_U32 = struct.Struct("<I")
+
+
+def _read(buf) -> NativeImage | None:
+    n = len(buf)
+    if n < 144 or buf[128:132] != b"DICM":
+        return None
+    explicit, implicit_, u32 = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from, _U32.unpack_from
+    long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
+    # File meta: explicit VR little endian, group 0002 (read like pydicom: until the group ends).
+    pos = 132
+    ts = None
+    while pos + 8 <= n:
+        group, elem, vr, length = explicit(buf, pos)
+        if group != 0x0002:
+            break
+        if vr in long_vrs:
+            length, pos = u32(buf, pos + 8)[0], pos + 12
+        elif vr in short_vrs:
+            pos += 8
+        else:
+            return None
+        if length == _UNDEFINED or pos + length > n:
+            return None
+        if elem == 0x0010:
+            ts = bytes(buf[pos:pos + length]).decode("ascii").strip("\x00 ")
+        pos += length
+    if ts == IMPLICIT_LE:
+        implicit = True
+    elif ts == EXPLICIT_LE:
+        implicit = False
+    else:
+        return None
+    elements: list[tuple[int, str | None, bytes]] = []
+    values: dict[int, bytes] = {}
+    display, unsupported = DISPLAY_TAGS, _UNSUPPORTED
+    while True:
+        if pos + 8 > n:
+            return None  # no pixel data
+        if implicit:
+            group, elem, length = implicit_(buf, pos)
+            vr = None
+            vpos = pos + 8
+        else:
+            group, elem, vrb, length = explicit(buf, pos)
+            if vrb in long_vrs:
+                length, vpos = u32(buf, pos + 8)[0], pos + 12
+            elif vrb in short_vrs:
+                vpos = pos + 8
+            else:
+                return None  # not explicit VR after all, or garbage: pydicom copes
+            vr = vrb.decode("ascii")
+        tag = (group << 16) | elem
+        if tag == _PIXEL_DATA:
+            if length == _UNDEFINED or (vr is not None and vr not in ("OB", "OW")):
+                return None
+            return _image(ts, vpos, length, n, elements, values)
+        if tag in unsupported or tag > _PIXEL_DATA:
+            return None
+        keep = group == 0x0028 or tag in display
+        if length == _UNDEFINED:
+            if keep:
+                return None  # a sequence among the display attributes
+            pos = _skip_undefined(buf, vpos, implicit, 0)
+            continue
+        end = vpos + length
+        if end > n:
+            return None
+        if keep:
+            if vr == "SQ" or vr == "UN" or (implicit and _is_sequence(tag)):
+                return None
+            value = bytes(buf[vpos:end])
+            elements.append((tag, vr, value))
+            values[tag] = value
+        pos = end
+
+
+def _is_sequence(tag: int) -> bool:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
+def _skip_undefined(buf, pos: int, implicit: bool, depth: int) -> int:
+    """Position after the (FFFE,E0DD) that ends an undefined-length sequence's items at *pos*.
+
+    An undefined-length UN is a sequence in implicit VR (PS3.5 6.2.2); its items
+    are read as implicit VR too.
+    """
+    if depth > _MAX_DEPTH:
+        raise _Bad("nesting too deep")
+    n = len(buf)
+    while True:
+        if pos + 8 > n:
+            raise _Bad("truncated sequence")
+        group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise _Bad("not an item")
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        pos = _skip_item(buf, pos, implicit, depth + 1)
+
+
+def _skip_item(buf, pos: int, implicit: bool, depth: int) -> int:
+    """Position after the (FFFE,E00D) that ends an undefined-length item at *pos*."""
+    n = len(buf)
+    while True:
+        if pos + 8 > n:
+            raise _Bad("truncated item")
+        item_implicit = implicit
+        if implicit:
+            group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+            if (group << 16) | elem == _ITEM_END:
+                return pos + 8
+            pos += 8
+        else:
+            group, elem, vrb, length = _EXPLICIT.unpack_from(buf, pos)
+            if (group << 16) | elem == _ITEM_END:
+                return pos + 8
+            if vrb in _LONG_VRS:
+                length, pos = _U32.unpack_from(buf, pos + 8)[0], pos + 12
+                if vrb == b"UN":
+                    item_implicit = True
+            elif vrb in _SHORT_VRS:
+                pos += 8
+            else:
+                raise _Bad("bad VR")
+        if length == _UNDEFINED:
+            pos = _skip_undefined(buf, pos, item_implicit, depth + 1)
+        else:
+            pos += length
+
+
+def _us(values: dict[int, bytes], tag: int, default: int | None = None) -> int | None:
+    v = values.get(tag)
+    if v is None or len(v) == 0:
+        return default
+    if len(v) < 2:
+        raise _Bad("short US")
+    return v[0] | (v[1] << 8)
+
+
+def _cs(values: dict[int, bytes], tag: int) -> str:
+    v = values.get(tag)
+    return v.decode("ascii").strip("\x00 ").upper() if v else ""
+
+
+def _image(ts: str, offset: int, length: int, n: int, elements, values) -> NativeImage | None:
+    rows, cols = _us(values, 0x00280010), _us(values, 0x00280011)
+    bits = _us(values, 0x00280100)
+    stored = _us(values, 0x00280101, bits)
+    spp = _us(values, 0x00280002, 1)
+    rep = _us(values, 0x00280103, 0)
+    if not rows or not cols or bits not in (8, 16) or spp != 1 or rep not in (0, 1):
+        return None
+    if stored is None or not 1 <= stored <= bits:
+        return None
+    pi = _cs(values, 0x00280004) or "MONOCHROME2"
+    if pi not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    frames = 1
+    raw_frames = values.get(0x00280008)
+    if raw_frames:
+        text = raw_frames.decode("ascii").strip("\x00 ")
+        if text:
+            if not text.isdigit():
+                return None  # "2.0", signs, several values: let pydicom judge
+            frames = max(int(text), 1)
+    frame_bytes = rows * cols * (bits // 8)
+    if length < frames * frame_bytes or offset + frames * frame_bytes > n:
+        return None
+    return NativeImage(ts, rows, cols, bits, stored, rep == 1, frames, pi, offset, length,
+                       tuple(elements))
