@@ -32,7 +32,9 @@ from ..db.schema import instances
 from ..dicom.header import MEDIA_STORAGE_DIRECTORY, DicomFileError, Header, read_header
 from ..dicom.tags import Level
 from ..storage.base import StorageError, StorageFullError, checksum, key_for_uid
+from ..storage.filestore import FileStore
 from .feed import ChangeEvent, ChangeFeed
+from .importer import CHUNK_FILES, POOL_MIN_FILES, ImportPool, Rejected, Source, Staged
 from .indexer import IndexWriter
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,12 @@ class Archive:
         duplicate_policy: str = "keep",
         feed: ChangeFeed | None = None,
         durable: bool = True,
+        import_processes: int | None = None,
     ):
+        """*import_processes*: worker processes that parse and copy the files
+        of large imports (default: one per CPU; 0: import in this process
+        only).  The pool starts with the first large import and is reused
+        until :meth:`close`."""
         if duplicate_policy not in ("keep", "replace"):
             raise ValueError("duplicate_policy must be 'keep' or 'replace'")
         self.db = db
@@ -149,6 +156,7 @@ class Archive:
         # two associations sending the same instance at once cannot interleave
         # the existence check, the file write and the index commit.
         self._uid_locks = [threading.Lock() for _ in range(64)]
+        self._import_pool = ImportPool(import_processes) if import_processes != 0 else None
 
     # ------------------------------------------------------------------ store
     def store_bytes(
@@ -190,13 +198,17 @@ class Archive:
         if v.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
             raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
                                  kind="not-dicom")
+        return self._submit_header(hdr, origin, in_place_path, data)
+
+    def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
+                       staged: Staged | None = None, reread: Callable[[], bytes] | None = None) -> Future:
         sop = hdr.sop_instance_uid
         lock = self._uid_locks[hash(sop) % len(self._uid_locks)]
         while True:
             with lock:
                 pending = self._pending.get(sop)
                 if pending is None:
-                    fut = self._submit_locked(hdr, origin, in_place_path, data)
+                    fut = self._submit_locked(hdr, origin, in_place_path, data, staged, reread)
                     if not fut.done():
                         self._pending[sop] = fut
                         fut.add_done_callback(lambda f, sop=sop: self._pending.pop(sop, None))
@@ -209,7 +221,11 @@ class Archive:
                 pass
 
     def _submit_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
-                       data: bytes) -> Future:
+                       data: bytes, staged: Staged | None = None,
+                       reread: Callable[[], bytes] | None = None) -> Future:
+        """Store (or commit the *staged* file of) one parsed instance; the
+        caller holds the UID's lock.  *reread* gives the bytes to store when a
+        worker staged nothing because the key already existed."""
         v = hdr.values
         sop = hdr.sop_instance_uid
         replace = self.duplicate_policy == "replace"
@@ -220,24 +236,49 @@ class Archive:
             return StoreOutcome(status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
                                 str(v["SOPClassUID"]), path, size, hdr.warnings)
 
-        if not replace and (in_place_path is not None or self.store.exists(key_for_uid(sop))):
+        staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
+        if not replace and (in_place_path is not None or (
+                staged_tmp is None and self.store.exists(key_for_uid(sop)))):
             # (A stat of the sharded key answers "new instance" without a
             # query; in-place rows have no key, so ask the index for those.)
             existing = self._existing(sop)
             if existing is not None:
+                if staged is not None and staged.tmp_key is not None:
+                    self.store.discard_staged(staged.tmp_key)
                 out.set_result(outcome("duplicate", existing, 0))
                 return out
         if in_place_path is not None:
             file_path, in_place = str(Path(in_place_path).resolve()), True
-            size = len(data)
-            digest = checksum(data)
+            if staged is not None:
+                size, digest = staged.size, staged.digest
+            else:
+                size = len(data)
+                digest = checksum(data)
         else:
             file_path, in_place = key_for_uid(sop), False
             # No fsync per file: the index writer syncs the file system once
             # per batch, before the commit that makes these files visible.
-            self.store.put(file_path, hdr.data, durable=False)
-            size = len(hdr.data)
-            digest = checksum(hdr.data)
+            if staged_tmp is not None:
+                # Keep policy: the rename itself says whether the key is new
+                # (no stat first); a taken key is a duplicate if indexed.
+                if not self.store.commit_staged(staged_tmp, file_path, replace=replace):
+                    existing = self._existing(sop)
+                    if existing is not None:
+                        self.store.discard_staged(staged_tmp)
+                        out.set_result(outcome("duplicate", existing, 0))
+                        return out
+                    self.store.commit_staged(staged_tmp, file_path)  # a crash's leftover
+                size, digest = staged.size, staged.digest
+            else:
+                if staged is not None:
+                    # The worker found the key taken, but no row is left
+                    # (a crash's leftover): store the file here after all.
+                    data = read_header(reread(), name=origin).data if reread else hdr.data
+                else:
+                    data = hdr.data
+                self.store.put(file_path, data, durable=False)
+                size = len(data)
+                digest = checksum(data)
         rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
                                   checksum=digest, origin=origin, character_set=hdr.character_set)
 
@@ -320,6 +361,14 @@ class Archive:
         threads, at most ~20 times a second plus once at the end) with the
         running report; setting *cancel* stops the import after the files in
         flight.
+
+        An import of :data:`~osirix_py.services.importer.POOL_MIN_FILES` files
+        or more (copied into a :class:`FileStore`, or in place) reads, parses
+        and stages its files in worker processes (see
+        :mod:`~osirix_py.services.importer`) and only renames and indexes
+        them here; ``workers=1`` keeps everything in this process.  (As with
+        any process pool, a script that imports must guard its top level
+        with ``if __name__ == "__main__":``.)
         """
         report = ImportReport()
         start = time.perf_counter()
@@ -377,21 +426,22 @@ class Archive:
                         report.duplicates += 1
             tick()
 
-        def one(src: "_Source") -> None:
+        def rejected(src: "_Source", reason: str, kind: str) -> None:
+            if kind in ("not-dicom", "dicomdir"):
+                with lock:
+                    report.skipped += 1
+                    report.skipped_files.append(ImportFailure(src.label, reason, kind))
+                tick()
+            else:
+                failed(src, reason, kind)
+
+        def submitted(src: "_Source", submit: Callable[[], Future]) -> None:
             pending_commits.acquire()
             try:
-                data = src.read()
-                fut = self.submit_bytes(data, origin=f"path:{src.label}", name=src.label,
-                                        in_place_path=src.path if (in_place and src.path) else None)
+                fut = submit()
             except DicomFileError as exc:
                 pending_commits.release()
-                if exc.kind in ("not-dicom", "dicomdir"):
-                    with lock:
-                        report.skipped += 1
-                        report.skipped_files.append(ImportFailure(src.label, exc.reason, exc.kind))
-                else:
-                    failed(src, exc.reason, exc.kind)
-                tick()
+                rejected(src, exc.reason, exc.kind)
             except StorageFullError as exc:
                 pending_commits.release()
                 failed(src, f"{src.label}: {exc.strerror or exc}", "disk-full")
@@ -405,16 +455,37 @@ class Archive:
             else:
                 fut.add_done_callback(lambda f, src=src: committed(src, f))
 
-        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="import") as pool:
-            inflight: set[Future] = set()
-            for src in sources:
-                if cancel is not None and cancel.is_set():
-                    report.cancelled = True
-                    break
-                if len(inflight) >= nworkers * 2:
-                    done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                inflight.add(pool.submit(one, src))
-            wait(inflight)
+        def in_place_path(src: "_Source") -> Path | None:
+            return src.path if (in_place and src.path) else None
+
+        def one(src: "_Source") -> None:
+            submitted(src, lambda: self.submit_bytes(src.read(), origin=f"path:{src.label}",
+                                                     name=src.label, in_place_path=in_place_path(src)))
+
+        def one_staged(src: "_Source", st: Staged | Rejected) -> None:
+            if isinstance(st, Rejected):
+                rejected(src, st.reason, st.kind)
+                return
+            hdr = Header(values=st.values, transfer_syntax_uid=st.transfer_syntax_uid,
+                         character_set=st.character_set, data=b"", warnings=st.warnings)
+            submitted(src, lambda: self._submit_header(hdr, f"path:{src.label}", in_place_path(src),
+                                                       b"", st, src.read))
+
+        remaining = sources
+        pool_procs = self._pool_processes(len(sources), in_place, workers)
+        if pool_procs:
+            remaining = self._import_in_pool(sources, pool_procs, in_place, cancel, one_staged, report)
+        if remaining:
+            with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="import") as pool:
+                inflight: set[Future] = set()
+                for src in remaining:
+                    if cancel is not None and cancel.is_set():
+                        report.cancelled = True
+                        break
+                    if len(inflight) >= nworkers * 2:
+                        done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                    inflight.add(pool.submit(one, src))
+                wait(inflight)
         # Every commit has been counted once all permits are back.
         for _ in range(PENDING_COMMITS):
             pending_commits.acquire()
@@ -424,6 +495,80 @@ class Archive:
         if progress is not None:
             progress(report)
         return report
+
+    def _pool_processes(self, n_files: int, in_place: bool, workers: int | None) -> int:
+        """How many worker processes an import of *n_files* uses (0: none)."""
+        if self._import_pool is None or n_files < POOL_MIN_FILES or workers == 1:
+            return 0
+        if not in_place and not isinstance(self.store, FileStore):
+            return 0  # (a memory store cannot be written from another process)
+        return self._import_pool.processes
+
+    def _import_in_pool(self, sources: list["_Source"], processes: int, in_place: bool,
+                        cancel: threading.Event | None,
+                        handle: Callable[["_Source", Staged | Rejected], None],
+                        report: ImportReport) -> list["_Source"]:
+        """Parse and stage *sources* in the worker processes, chunk by chunk,
+        handing each result to *handle* (in this thread) as chunks come back.
+
+        Returns the sources still to import in this process: all of them if
+        the pool cannot start, the rest if a worker dies."""
+        pool = self._import_pool
+        assert pool is not None
+        store_root = str(self.store.root) if isinstance(self.store, FileStore) else None
+        keep = self.duplicate_policy == "keep"
+        numbered = list(enumerate(sources))
+        # Chunks of up to CHUNK_FILES, smaller when there are few files, so
+        # that every worker gets several and none idles at the end.
+        size = max(4, min(CHUNK_FILES, len(numbered) // (processes * 8)))
+        chunks = [numbered[i:i + size] for i in range(0, len(numbered), size)]
+        chunks.reverse()  # popped from the end, in order
+        inflight: dict[Future, list[tuple[int, _Source]]] = {}
+        leftover: list[list[tuple[int, _Source]]] = []
+        broken = False
+        max_inflight = processes * 3
+        while True:
+            while chunks and not broken and len(inflight) < max_inflight:
+                if cancel is not None and cancel.is_set():
+                    report.cancelled = True
+                    chunks.clear()
+                    break
+                chunk = chunks.pop()
+                try:
+                    fut = pool.submit_chunk(chunk, store_root=store_root, keep_existing=keep,
+                                            in_place=in_place)
+                except Exception as exc:  # noqa: BLE001 - e.g. processes cannot start here
+                    log.warning("import workers unavailable (%s); importing in this process", exc)
+                    leftover.append(chunk)
+                    broken = True
+                    break
+                inflight[fut] = chunk
+            if not inflight:
+                break
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            if cancel is not None and cancel.is_set():
+                report.cancelled = True
+                chunks.clear()
+                for fut in list(inflight):
+                    if fut not in done and fut.cancel():
+                        del inflight[fut]  # never started: nothing was staged
+            for fut in done:
+                chunk = inflight.pop(fut)
+                try:
+                    results = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died (BrokenProcessPool)
+                    if not broken:
+                        log.warning("an import worker failed (%s); importing the rest in this "
+                                    "process", exc)
+                        pool.discard()
+                        broken = True
+                    leftover.append(chunk)
+                    continue
+                for st in results:
+                    handle(sources[st.index], st)
+        if broken:
+            leftover.extend(reversed(chunks))
+        return [src for chunk in leftover for _, src in chunk]
 
     def _expand(self, paths, in_place: bool) -> tuple[list["_Source"], list[ImportFailure]]:
         out: list[_Source] = []
@@ -590,6 +735,8 @@ class Archive:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._import_pool is not None:
+                self._import_pool.close()
             self.writer.close()
             self.feed.close()
 
@@ -611,24 +758,7 @@ def _sync_covers_db(db: Database, store) -> bool:
 
 
 # ---------------------------------------------------------------------- sources
-@dataclass
-class _Source:
-    label: str
-    path: Path | None = None
-    zip_path: Path | None = None
-    member: str | None = None
-
-    def read(self) -> bytes:
-        if self.path is not None:
-            try:
-                return self.path.read_bytes()
-            except OSError as exc:
-                raise DicomFileError(f"{self.label}: cannot read ({exc.strerror})", kind="unreadable") from exc
-        try:
-            with zipfile.ZipFile(self.zip_path) as zf:
-                return zf.read(self.member)
-        except (zipfile.BadZipFile, OSError, KeyError, RuntimeError) as exc:
-            raise DicomFileError(f"{self.label}: cannot extract ({exc})", kind="unreadable") from exc
+_Source = Source
 
 
 def _is_zip(fp: Path) -> bool:

@@ -31,6 +31,23 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _TMP_SUFFIX = ".tmp"
 
 
@@ -45,6 +62,38 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_HAS_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
+
+
+def _copy_fd(src: int, dst: int) -> None:
+    """Copy the file open as *src* (from its start) to *dst*, in the kernel
+    (``copy_file_range``, else ``sendfile``, else read/write)."""
+    size = os.fstat(src).st_size
+    off = 0
+    if _HAS_COPY_FILE_RANGE:
+        try:
+            while off < size:
+                n = os.copy_file_range(src, dst, size - off, off, off)
+                if n == 0:
+                    break
+                off += n
+            if off >= size:
+                return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    os.lseek(dst, off, os.SEEK_SET)
+    while True:
+        chunk = os.pread(src, 1 << 20, off)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            n = os.write(dst, view)
+            view = view[n:]
+        off += len(chunk)
 
 
 class FileStore:
@@ -79,9 +128,18 @@ class FileStore:
         if s in self._made_dirs:
             return
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            # The parent (the first shard level) usually exists: one mkdir.
+            os.mkdir(s)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._raise(exc, d)
         except OSError as exc:
-            self._raise(exc, d)
+            if not d.is_dir():
+                self._raise(exc, d)
         with self._lock:
             self._made_dirs.add(s)
 
@@ -94,28 +152,80 @@ class FileStore:
     # -- protocol -------------------------------------------------------------
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         final = self.path(key)
+        tmp = self.stage(key, data, durable=durable)
+        self.commit_staged(tmp, key)
+        if durable:
+            _fsync_dir(final.parent)
+
+    def stage(self, key: str, data: bytes | None = None, *, src_fd: int | None = None,
+              durable: bool = False) -> str:
+        """Write *data* (or the whole file open as *src_fd*, copied in the
+        kernel) to a fresh temporary file beside *key*'s final name and return
+        that file's key; :meth:`commit_staged` renames it into place.
+
+        Import workers in other processes stage files; the archive commits
+        them under its per-UID lock.  A crash leaves a ``.tmp`` that
+        :meth:`clean_temporary` removes.  No fsync unless *durable*: the
+        caller syncs the whole batch once (:meth:`sync`).
+        """
+        final = self.path(key)
         self._ensure_dir(final.parent)
         tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                if src_fd is not None:
+                    _copy_fd(src_fd, fd)
+                else:
+                    view = memoryview(data if data is not None else b"")
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
                 if durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
             self._raise(exc, final)
-        if durable:
-            _fsync_dir(final.parent)
+        return f"{key}.{tmp.name[len(final.name) + 1:]}"
+
+    def commit_staged(self, tmp_key: str, key: str, *, replace: bool = True) -> bool:
+        """Atomically rename a file written by :meth:`stage` to *key*.
+
+        With ``replace=False`` an existing file under *key* is left alone and
+        False is returned (the staged file stays, for :meth:`discard_staged`
+        or a second call with ``replace=True``): one system call answers
+        "is it new?" and moves it in place (Linux ``renameat2``)."""
+        final = os.path.join(self.root, key)
+        tmp = os.path.join(self.root, tmp_key)
+        try:
+            if not replace:
+                if _renameat2 is not None:
+                    if _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final),
+                                  _RENAME_NOREPLACE) == 0:
+                        return True
+                    err = ctypes.get_errno()
+                    if err == errno.EEXIST:
+                        return False
+                    if err not in (errno.EINVAL, errno.ENOSYS):
+                        raise OSError(err, os.strerror(err), final)
+                if os.path.lexists(final):
+                    return False
+            os.replace(tmp, final)
+            return True
+        except OSError as exc:
+            self.discard_staged(tmp_key)
+            self._raise(exc, Path(final))
+
+    def discard_staged(self, tmp_key: str) -> None:
+        try:
+            os.unlink(os.path.join(self.root, tmp_key))
+        except OSError:
+            pass
 
     def get(self, key: str) -> bytes:
         try:
