@@ -60,6 +60,7 @@ from .fastpath import (
     StoredInstance,
     install_dimse_hook,
     install_encode_hook,
+    pause_reactor,
     received_part10,
 )
 from .scu import ScuError, Target, open_association
@@ -187,31 +188,6 @@ def _lost(assoc, target: Target, what: str, timeout: float, calling_ae: str,
         return ScuError(f"{target}: the association was aborted during the {what} "
                         f"(the peer may refuse {what} from {calling_ae!r})", kind="aborted")
     return ScuError(f"{target}: no {what} response within {timeout:.1f} s", kind="timeout")
-
-
-def _pause_reactor(assoc) -> None:
-    """Make sure pynetdicom's association reactor is blocked before a send_*().
-
-    pynetdicom 3.0 pauses the reactor inside each send_*() with a flag that
-    it checks without a lock: when the reactor has just passed its checkpoint
-    it may still read the flag as "paused", go on, and take the peer's
-    C-STORE-RSP off the queue ("Received unexpected C-STORE service message"),
-    leaving send_c_store() to wait for the DIMSE timeout.  Seen about once per
-    few hundred stores on a loaded 2-core machine.  Clearing the checkpoint
-    first and seeing the flag stay set closes most of that window.
-    """
-    cp = getattr(assoc, "_reactor_checkpoint", None)
-    if cp is None or not hasattr(assoc, "_is_paused"):
-        return
-    cp.clear()
-    deadline = time.monotonic() + 0.2
-    while time.monotonic() < deadline:
-        if assoc._is_paused:
-            time.sleep(0.0002)
-            if assoc._is_paused:
-                return
-        else:
-            time.sleep(0.0001)
 
 
 def _close(assoc, ae) -> None:
@@ -597,7 +573,7 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                         rsp = paused.store(obj, msg_id=(i % 65535) + 1)
                     else:
                         paused.resume()
-                        _pause_reactor(assoc)
+                        pause_reactor(assoc)
                         rsp = assoc.send_c_store(obj, msg_id=(i % 65535) + 1)
                 except ScuError as exc:
                     prog.failures[it.sop_uid] = str(exc)

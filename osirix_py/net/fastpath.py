@@ -551,8 +551,14 @@ def received_part10(event) -> bytes:
 def pause_reactor(assoc) -> None:
     """Block *assoc*'s reactor on its checkpoint before DIMSE messaging.
 
-    pynetdicom's reactor sets ``_is_paused`` on every tick, even when it is
-    not going to wait: clear the checkpoint, then see the flag stay set.
+    pynetdicom 3.0 pauses the reactor inside each send_*() with a flag that
+    it checks without a lock, and sets ``_is_paused`` on every tick even when
+    it is not going to wait: a reactor that has just passed its checkpoint may
+    still read the flag as "paused", go on, and take the peer's C-STORE-RSP
+    off the queue ("Received unexpected C-STORE service message"), leaving
+    send_c_store() to wait for the DIMSE timeout (seen about once per few
+    hundred stores on a loaded 2-core machine).  Clearing the checkpoint
+    first and seeing the flag stay set closes most of that window.
     """
     import time
 
