@@ -72,6 +72,21 @@ _UNSIGNED_VIEW = {np.dtype(np.int16): np.uint16, np.dtype(np.uint16): np.uint16,
                   np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.uint8}
 
 
+def zoom_about(view, zoom: float, around: QPointF | None = None) -> None:
+    """Set ``view.zoom`` keeping the image point under *around* (widget coordinates) in place.
+
+    For the image views here: each has ``zoom``, ``pan``, ``fit_mode`` and the
+    ``widget_to_image`` / ``image_to_widget`` pair; the caller clamps and repaints.
+    """
+    if around is not None:
+        x, y = view.widget_to_image(around)
+        view.zoom = zoom
+        view.pan += QPointF(around) - view.image_to_widget(x, y)
+    else:
+        view.zoom = zoom
+    view.fit_mode = False
+
+
 class ImageView(QWidget):
     """Shows one slice of a series; emits ``sliceChanged(index)`` when it moves."""
 
@@ -313,15 +328,7 @@ class ImageView(QWidget):
         self.set_zoom(1.0)
 
     def set_zoom(self, zoom: float, around: QPointF | None = None) -> None:
-        zoom = max(MIN_ZOOM, min(MAX_ZOOM, zoom))
-        if around is not None:
-            x, y = self.widget_to_image(around)
-            self.zoom = zoom
-            moved = self.image_to_widget(x, y)
-            self.pan += QPointF(around) - moved
-        else:
-            self.zoom = zoom
-        self.fit_mode = False
+        zoom_about(self, max(MIN_ZOOM, min(MAX_ZOOM, zoom)), around)
         self.update()
         self.viewChanged.emit()
 

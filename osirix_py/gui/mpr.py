@@ -35,6 +35,7 @@ from ..dicom.geometry import ImagePlane, direction_letters
 from ..dicom.pixels import Window, apply_window
 from ..imaging.reslice import axial_plane, coronal_plane, reslice, sagittal_plane
 from ..imaging.volume import Volume, VolumeError, load_volumes
+from .imageview import MAX_ZOOM, MIN_ZOOM, zoom_about
 from .qimage import wrap_qimage
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ TITLES = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
 #: Colours of the views' frames and of their reference lines in the other views.
 COLORS = {"axial": (235, 90, 80), "coronal": (90, 200, 90), "sagittal": (240, 200, 60)}
 _PLANES = {"axial": axial_plane, "coronal": coronal_plane, "sagittal": sagittal_plane}
-MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
 CURSOR_GAP_PX = 12.0
 
 
@@ -333,14 +333,7 @@ class MprView(QWidget):
 
     def set_zoom(self, zoom: float, around: QPointF | None = None) -> None:
         fz = self.fit_zoom()
-        zoom = max(fz * MIN_ZOOM, min(fz * MAX_ZOOM, zoom))
-        if around is not None:
-            x, y = self.widget_to_image(around)
-            self.zoom = zoom
-            self.pan += QPointF(around) - self.image_to_widget(x, y)
-        else:
-            self.zoom = zoom
-        self.fit_mode = False
+        zoom_about(self, max(fz * MIN_ZOOM, min(fz * MAX_ZOOM, zoom)), around)
         self.update()
 
     def transform(self) -> QTransform:

@@ -60,22 +60,23 @@ from PySide6.QtWidgets import (
 from ..dicom.geometry import direction_letters
 from ..dicom.pixels import Window, apply_window
 from ..imaging.volume import Volume
-from .imageview import wl_sensitivity
+from .imageview import MAX_ZOOM, MIN_ZOOM, wl_sensitivity, zoom_about
+from .mpr import COLORS as MPR_COLORS
+from .mpr import TITLES as MPR_TITLES
 from .notify import WARNING, is_server_mode, notify
 from .presets import presets_for_modality
 from .qimage import to_qimage
 
 log = logging.getLogger(__name__)
 
-VIEW_COLORS = {"axial": QColor(235, 90, 80), "coronal": QColor(90, 200, 90), "sagittal": QColor(240, 200, 60)}
-VIEW_TITLES = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
+VIEW_COLORS = {name: QColor(*rgb) for name, rgb in MPR_COLORS.items()}  # as in the 2D viewer's MPR
+VIEW_TITLES = MPR_TITLES
 SLAB_LABELS = {"mip": "MIP", "minip": "MinIP", "mean": "Mean"}
 BLEND_LABELS = {"composite": "Volume Rendering", "mip": "3D MIP", "minip": "3D MinIP"}
 HANDLE_PX = 7.0
 CROP_HANDLE_PX = 9.0
 CROP_AXIS_COLORS = (QColor(255, 110, 100), QColor(110, 230, 110), QColor(110, 160, 255))  # column, row, slice
 GAP_PX = 10.0
-MIN_ZOOM, MAX_ZOOM = 0.05, 40.0
 
 
 def _shadow_text(p: QPainter, pos: QPointF, text: str, color: QColor | None = None) -> None:
@@ -160,15 +161,7 @@ class MprPanel(QWidget):
         return self.image_to_widget(*self.engine.crosshair_pixel(self.name))
 
     def set_zoom(self, zoom: float, around: QPointF | None = None) -> None:
-        zoom = max(MIN_ZOOM, min(MAX_ZOOM, zoom))
-        if around is not None:
-            x, y = self.widget_to_image(around)
-            self.zoom = zoom
-            moved = self.image_to_widget(x, y)
-            self.pan += QPointF(around) - moved
-        else:
-            self.zoom = zoom
-        self.fit_mode = False
+        zoom_about(self, max(MIN_ZOOM, min(MAX_ZOOM, zoom)), around)
         self.update()
 
     def fit(self) -> None:
