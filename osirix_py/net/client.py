@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Callable, Iterable, Mapping
@@ -550,6 +550,18 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
             attempt += 1
             continue
         paused = PausedSender(assoc)
+        # The next instance is read (and, if needed, transcoded) by a helper
+        # thread while the peer stores the current one: file reads release
+        # the GIL, so the wait for each response hides the next read.
+        reader = ThreadPoolExecutor(1, thread_name_prefix="send-read")
+        ahead: dict[int, Future] = {}
+
+        def prepared(k: int):
+            fut = ahead.pop(k, None)
+            if k + 1 < len(todo) and not cancel.is_set():
+                ahead[k + 1] = reader.submit(_prepare, archive, todo[k + 1], accepted)
+            return fut.result() if fut is not None else _prepare(archive, todo[k], accepted)
+
         try:
             accepted = _accepted(assoc)
             for i, it in enumerate(todo):
@@ -568,7 +580,7 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                     break
                 sent_at = time.monotonic()
                 try:
-                    obj, size = _prepare(archive, it, accepted)
+                    obj, size = prepared(i)
                     if isinstance(obj, StoredInstance):
                         rsp = paused.store(obj, msg_id=(i % 65535) + 1)
                     else:
@@ -603,6 +615,9 @@ def send(node, archive, rows: Iterable[dict], *, calling_ae: str, timeout: float
                 if progress:
                     progress(prog)
         finally:
+            for fut in ahead.values():
+                fut.cancel()
+            reader.shutdown(wait=True)
             paused.resume()
             _close(assoc, ae)
         prog.failed = len(prog.failures)

@@ -10,7 +10,7 @@ Everything here produces exactly the bytes pynetdicom would send, cheaper:
   encoded once per request, each identifier is encoded directly from the row
   (little endian syntaxes; anything unusual returns ``None`` and the caller
   falls back to pynetdicom's path), and command + identifier go out as one
-  P-DATA-TF PDU through the association's DUL queue (the same queue, the same
+  P-DATA request through the association's DUL queue (the same queue, the same
   thread and so the same order as pynetdicom's own messages).
 * :class:`StoredInstance` -- a data set for C-GET / C-MOVE sub-operations that
   carries the stored file's encoded data set; :func:`install_encode_hook`
@@ -25,6 +25,8 @@ Everything here produces exactly the bytes pynetdicom would send, cheaper:
   byte-for-byte against pynetdicom in tests/unit/test_net_fastpath.py).
 * :class:`PausedSender` / :func:`install_paused_store` -- C-STORE SCU of stored
   instances without pynetdicom's per-message reactor pause handshake (~1 ms).
+* :func:`raw_pdata` -- a whole message's P-DATA-TF PDUs, encoded at once and
+  written by the DUL with one ``send`` (instead of one reactor cycle per PDU).
 * :func:`install_reactor_wakeup` -- an accepted association's reactor wakes
   when a DIMSE message arrives instead of at its next 1 ms tick.
 
@@ -53,6 +55,9 @@ _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _INT_VRS = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i"}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+#: Serialises the installation of the module-level hooks below.
+_hook_lock = threading.Lock()
 
 _C_FIND_RSP = 0x8020
 _DATASET_PRESENT = 0x0001  # (0000,0800): anything but 0x0101
@@ -126,49 +131,120 @@ def encode_elements(elements: list[tuple[int, str, object]], charset: str | None
     return b"".join(out)
 
 
-# --------------------------------------------------------------------------- P-DATA
-def pack_pdvs(pdvs: list[tuple[int, bytes]], max_pdu: int) -> list:
-    """P-DATA primitives for (context id, header byte + fragment) items, as few as fit.
+# --------------------------------------------------------------------------- logging
+def quiet_pynetdicom() -> None:
+    """Turn off pynetdicom's "standard" PDU/DIMSE event handlers and its
+    identifier dumps (process-wide settings).
 
-    *max_pdu* is the peer's maximum PDU length (0: unlimited); each PDV item
-    costs its length + 4 bytes of the PDU's variable field.
+    They only ever write DEBUG lines, yet cost time on every PDU and message
+    even when nothing is logged, and a bound ``EVT_DIMSE_SENT`` handler makes
+    every message take pynetdicom's pydicom encoding (the fast paths here
+    step aside for handlers that might look at the message).  Left on when
+    the ``pynetdicom`` logger is at DEBUG (someone is reading the dumps).
+    """
+    import logging
+
+    from pynetdicom import _config
+
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+# --------------------------------------------------------------------------- P-DATA
+#: P-DATA-TF PDU header with its one PDV item's header: PDU type 04, reserved,
+#: PDU length, PDV item length, presentation context ID, message control header.
+_PDU_PDV = struct.Struct(">BBIIBB")
+
+
+def message_bytes(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) -> bytes:
+    """The P-DATA-TF PDUs of one DIMSE message, encoded, back to back.
+
+    Byte for byte what pynetdicom sends for the message (``encode_msg``: one
+    PDV per PDU, fragments of at most *max_pdu* - 6 bytes, *max_pdu* being
+    the peer's maximum PDU length, 0 for unlimited; an empty data set sends
+    nothing), built with one copy of the data set instead of three.
+    """
+    step = max_pdu - 6 if max_pdu else 0
+    parts: list = []
+
+    def frags(data: bytes, more: int, last: int) -> None:
+        n = len(data)
+        if not step or n <= step:
+            parts.append(_PDU_PDV.pack(4, 0, n + 6, n + 2, cx, last))
+            parts.append(data)
+            return
+        view = memoryview(data)
+        for i in range(0, n, step):
+            chunk = view[i:i + step]
+            m = len(chunk)
+            parts.append(_PDU_PDV.pack(4, 0, m + 6, m + 2, cx, last if i + step >= n else more))
+            parts.append(chunk)
+
+    frags(command, 0x01, 0x03)
+    if dataset:
+        frags(dataset, 0x00, 0x02)
+    return b"".join(parts)
+
+
+class RawMessage:
+    """Marker base of :func:`raw_pdata` primitives (see :func:`install_raw_pdata`)."""
+
+
+def raw_pdata(cx: int, command: bytes, dataset: bytes | None, max_pdu: int):
+    """One P-DATA primitive that carries a whole DIMSE message's encoded PDUs.
+
+    Queued with ``dul.send_pdu`` like any P-DATA request, so it keeps its
+    place among the association's other outgoing messages; the DUL's state
+    machine handles it as ONE P-DATA request (event 9, action DT-1) and
+    writes all its PDUs with one ``send`` -- instead of one reactor cycle,
+    one PDU object, three copies of the fragment and one system call per
+    PDU (32 of each for a 512 KB image to a 16 KB peer).  Needs
+    :func:`install_raw_pdata`.
     """
     from pynetdicom.pdu_primitives import P_DATA
 
-    out = []
-    cur = P_DATA()
-    size = 0
-    for cx, item in pdvs:
-        n = len(item) + 4
-        if cur.presentation_data_value_list and max_pdu and size + n > max_pdu:
-            out.append(cur)
-            cur = P_DATA()
-            size = 0
-        cur.presentation_data_value_list.append((cx, item))
-        size += n
-    if cur.presentation_data_value_list:
-        out.append(cur)
-    return out
+    install_raw_pdata()
+    cls = _RAW_CLASS.get("cls")
+    if cls is None:
+        cls = _RAW_CLASS["cls"] = type("RawPData", (P_DATA, RawMessage), {})
+    prim = cls()
+    prim._osx_raw = message_bytes(cx, command, dataset, max_pdu)
+    # What anything that inspects P-DATA primitives sees: the first PDV.
+    prim.presentation_data_value_list.append((cx, bytes([0x03 if dataset is None else 0x01])))
+    return prim
 
 
-def message_pdvs(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list[tuple[int, bytes]]:
-    """PDV items of one DIMSE message, fragmented like pynetdicom's ``encode_msg``."""
-    step = max_pdu - 6 if max_pdu else 0
-    out = []
+_RAW_CLASS: dict[str, type] = {}
 
-    def frags(data: bytes, more: int, last: int) -> None:
-        if not step or len(data) <= step:
-            out.append((cx, bytes([last]) + data))
+
+def install_raw_pdata() -> None:
+    """Let pynetdicom's state machine send :func:`raw_pdata` primitives.
+
+    Wraps the ``P_DATA_TF`` name in ``pynetdicom.fsm`` (actions DT-1 and
+    AR-7 build the PDU from the primitive): a raw primitive becomes a real
+    ``P_DATA_TF`` whose ``encode()`` returns the prebuilt bytes; every other
+    primitive goes to the original class.
+    """
+    import pynetdicom.fsm as fsm
+
+    with _hook_lock:
+        if getattr(fsm.P_DATA_TF, "_osx_hook", False):
             return
-        view = memoryview(data)
-        for i in range(0, len(data), step):
-            chunk = view[i:i + step]
-            out.append((cx, bytes([last if i + step >= len(data) else more]) + bytes(chunk)))
+        original = fsm.P_DATA_TF
 
-    frags(command, 0x01, 0x03)
-    if dataset is not None:
-        frags(dataset, 0x00, 0x02)
-    return out
+        def P_DATA_TF(primitive=None):  # noqa: N802 - stands in for the class
+            raw = getattr(primitive, "_osx_raw", None)
+            if raw is None:
+                return original(primitive)
+            pdu = original()
+            pdu.encode = lambda: raw  # type: ignore[method-assign]
+            return pdu
+
+        P_DATA_TF._osx_hook = True  # type: ignore[attr-defined]
+        fsm.P_DATA_TF = P_DATA_TF
 
 
 def command_set(elements: list[tuple[int, str, object]]) -> bytes:
@@ -217,9 +293,7 @@ class FindResponder:
         return encode_elements(elements, charset, self.implicit)
 
     def send(self, identifier: bytes) -> None:
-        for p in pack_pdvs(message_pdvs(self.cx_id, self.command, identifier, self.max_pdu),
-                           self.max_pdu):
-            self.assoc.dul.send_pdu(p)
+        self.assoc.dul.send_pdu(raw_pdata(self.cx_id, self.command, identifier, self.max_pdu))
         self.sent += 1
 
 
@@ -261,11 +335,16 @@ class StoredInstance(Dataset):
     needs, plus the stored file's bytes (sent as they are by the encode hook)."""
 
     def __init__(self, data: bytes, sop_class: str, sop_instance: str, ts: str, offset: int):
+        from pydicom import config
+        from pydicom.dataelem import DataElement
+
         super().__init__()
-        self.SOPClassUID = sop_class
-        self.SOPInstanceUID = sop_instance
+        # (The UIDs come from the stored file, checked when it was stored:
+        # no second validation by regular expression per element.)
+        self[0x00080016] = DataElement(0x00080016, "UI", sop_class, validation_mode=config.IGNORE)
+        self[0x00080018] = DataElement(0x00080018, "UI", sop_instance, validation_mode=config.IGNORE)
         meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ts
+        meta[0x00020010] = DataElement(0x00020010, "UI", ts, validation_mode=config.IGNORE)
         self.file_meta = meta
         object.__setattr__(self, "_osx_file", data)
         object.__setattr__(self, "_osx_offset", offset)
@@ -275,13 +354,14 @@ class StoredInstance(Dataset):
         sop_class, sop_instance, ts, offset = split_part10(data)
         return cls(data, sop_class, sop_instance, ts, offset)
 
-    def encoded_for(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
-        """The stored data set bytes when they are already in that encoding."""
+    def encoded_for(self, implicit: bool, little: bool, deflated: bool) -> memoryview | None:
+        """The stored data set bytes when they are already in that encoding
+        (a view into the file's bytes, not a copy)."""
         ts = UID(str(self.file_meta.TransferSyntaxUID))
         if deflated or ts.is_deflated:
             return None
         if ts.is_implicit_VR == implicit and ts.is_little_endian == little:
-            return self._osx_file[self._osx_offset:]
+            return memoryview(self._osx_file)[self._osx_offset:]
         return None
 
     def full(self) -> Dataset:
@@ -290,8 +370,6 @@ class StoredInstance(Dataset):
 
         return dcmread(io.BytesIO(self._osx_file))
 
-
-_hook_lock = threading.Lock()
 
 
 def install_encode_hook() -> None:
@@ -483,9 +561,8 @@ def install_dimse_hook() -> None:
                 except Exception:  # noqa: BLE001 - the general path decides
                     cmd = None
                 if cmd is not None:
-                    max_pdu = int(self.maximum_pdu_size or 0)
-                    for p in pack_pdvs(message_pdvs(int(context_id), cmd, None, max_pdu), max_pdu):
-                        self.dul.send_pdu(p)
+                    self.dul.send_pdu(raw_pdata(int(context_id), cmd, None,
+                                                int(self.maximum_pdu_size or 0)))
                     return
             if type(primitive) is C_STORE:
                 dataset = None
@@ -503,9 +580,8 @@ def install_dimse_hook() -> None:
                 except Exception:  # noqa: BLE001 - the general path decides
                     cmd = None
                 if cmd is not None:
-                    max_pdu = int(self.maximum_pdu_size or 0)
-                    for p in pack_pdvs(message_pdvs(int(context_id), cmd, dataset, max_pdu), max_pdu):
-                        self.dul.send_pdu(p)
+                    self.dul.send_pdu(raw_pdata(int(context_id), cmd, dataset,
+                                                int(self.maximum_pdu_size or 0)))
                     return
             original(self, primitive, context_id)
 
@@ -641,9 +717,15 @@ class PausedSender:
             req.MoveOriginatorApplicationEntityTitle = originator_aet
         if originator_id is not None:
             req.MoveOriginatorMessageID = originator_id
-        req.DataSet = io.BytesIO(raw)
         self.pause()
-        assoc.dimse.send_msg(req, cx.context_id)
+        cmd = store_rq_command(req) if _sent_handlers_ignore_store_rsp(assoc) else None
+        if cmd is not None:
+            # Straight to the DUL: the file's data set bytes, one copy.
+            assoc.dul.send_pdu(raw_pdata(int(cx.context_id), cmd, raw,
+                                         int(assoc.dimse.maximum_pdu_size or 0)))
+        else:
+            req.DataSet = io.BytesIO(raw)
+            assoc.dimse.send_msg(req, cx.context_id)
         _cx, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             self.resume()  # (time-out or abort: the reactor records which)

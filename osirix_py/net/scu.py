@@ -16,6 +16,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from ..dicom import status as st
+from .fastpath import quiet_pynetdicom
 from .tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def open_association(target: Target, calling_ae: str, contexts, *, timeout: floa
     host, port and AE: unreachable, rejected (with the reason), aborted.
     """
     deadline = time.monotonic() + timeout
+    quiet_pynetdicom()
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pydicom
 import pytest
@@ -102,16 +103,57 @@ def test_find_identifier_refuses_what_it_cannot_encode():
         fastpath.encode_elements([(0x00100010, "PN", "é")], None, True)  # no charset: ASCII only
 
 
-def test_pdvs_are_fragmented_and_packed_within_the_peer_maximum():
-    cmd, ds = b"c" * 100, b"d" * 40_000
-    pdvs = fastpath.message_pdvs(3, cmd, ds, 16384)
-    assert pdvs[0] == (3, b"\x03" + cmd)
-    assert [p[1][0] for p in pdvs[1:]] == [0, 0, 2]
-    assert b"".join(p[1][1:] for p in pdvs[1:]) == ds
-    for p in fastpath.pack_pdvs(pdvs, 16384):
-        assert sum(len(item) + 4 for _, item in p.presentation_data_value_list) <= 16384
-    # Unlimited: one PDU with both PDVs.
-    assert len(fastpath.pack_pdvs(fastpath.message_pdvs(1, cmd, ds, 0), 0)) == 1
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 106, 40_006, 40_007])
+@pytest.mark.parametrize("with_dataset", [True, False])
+def test_message_bytes_equal_pynetdicoms_pdus(max_pdu, with_dataset):
+    """The raw P-DATA-TF bytes of a message are exactly the PDUs pynetdicom
+    would send for it (one PDV per PDU, same fragments, same headers),
+    including fragment sizes that divide the data set exactly."""
+    from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    prim = C_STORE()
+    prim.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    prim.AffectedSOPInstanceUID = "1.2.3.4"
+    data = bytes(range(256)) * (40_000 // 256) + b"tail"
+    if with_dataset:  # a request with its data set
+        prim.MessageID = 7
+        prim.Priority = 2
+        prim.DataSet = io.BytesIO(data)
+        msg, cmd = C_STORE_RQ(), fastpath.store_rq_command(prim)
+    else:  # a response: command set only
+        prim.MessageIDBeingRespondedTo = 7
+        prim.Status = 0
+        msg, cmd = C_STORE_RSP(), fastpath.store_rsp_command(prim)
+    msg.primitive_to_message(prim)
+    expected = b"".join(P_DATA_TF(p).encode() for p in msg.encode_msg(5, max_pdu))
+    got = fastpath.message_bytes(5, cmd, data if with_dataset else None, max_pdu)
+    assert got == expected
+    # Every PDU within the peer's maximum (the variable field: PDV items).
+    pos, n = 0, 0
+    while pos < len(got):
+        (length,) = struct.unpack_from(">I", got, pos + 2)
+        assert got[pos] == 0x04 and (max_pdu == 0 or length <= max_pdu)
+        pos += 6 + length
+        n += 1
+    assert pos == len(got) and n >= 1
+
+
+def test_raw_pdata_goes_out_as_one_pdu_object_with_the_prebuilt_bytes():
+    import pynetdicom.fsm as fsm
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    prim = fastpath.raw_pdata(1, b"\x00" * 8, b"d" * 100, 64)
+    assert isinstance(prim, P_DATA)
+    pdu = fsm.P_DATA_TF(prim)  # what the state machine's DT-1 builds
+    assert type(pdu) is P_DATA_TF
+    assert pdu.encode() == fastpath.message_bytes(1, b"\x00" * 8, b"d" * 100, 64)
+    # Ordinary primitives still build ordinary PDUs.
+    plain = P_DATA()
+    plain.presentation_data_value_list.append((1, b"\x03abcd"))
+    assert fsm.P_DATA_TF(plain).encode() == P_DATA_TF(plain).encode()
 
 
 def test_stored_instance_sends_the_stored_bytes(tmp_path):
