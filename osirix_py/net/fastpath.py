@@ -772,6 +772,102 @@ def install_paused_store(assoc) -> PausedSender:
     return sender
 
 
+# --------------------------------------------------------------------------- P-DATA receive
+def _parse_pdvs(body: bytearray) -> list | None:
+    """(context ID, message control header + fragment) of each PDV item of a
+    P-DATA-TF PDU's variable field, as views into *body*; None when malformed."""
+    out = []
+    view = memoryview(body)
+    pos, end = 0, len(body)
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        (n,) = struct.unpack_from(">I", body, pos)
+        if n < 2 or pos + 4 + n > end:
+            return None
+        out.append((body[pos + 4], view[pos + 5:pos + 4 + n]))
+        pos += 4 + n
+    return out or None
+
+
+def install_fast_pdata(dul) -> bool:
+    """Hand received P-DATA-TF PDUs straight to the DIMSE layer.
+
+    Replaces *dul*'s ``_read_pdu_data`` (call once its socket reads with
+    one ``recv_into`` per PDU, see ``osirix_py.net.tcp``).  A P-DATA-TF PDU
+    that arrives in state Sta6 (association established) with nothing else
+    waiting in the DUL's queues, and with no ``EVT_DATA_RECV`` /
+    ``EVT_PDU_RECV`` handler bound, is split into its PDV items (views into
+    the received buffer) and given to ``dimse.receive_primitive`` as one
+    P-DATA primitive: what the state machine's action DT-2 does for event
+    10, without the copies of the PDU, the PDU and item objects, the two
+    event notifications and the trip through the event queue.  Every other
+    PDU (and any P-DATA-TF in another state) goes through pynetdicom's code
+    exactly as before.
+    """
+    import logging
+
+    from pynetdicom import evt
+    from pynetdicom.pdu_primitives import P_DATA
+
+    log = logging.getLogger("pynetdicom.dul")
+    assoc = dul.assoc
+
+    def fast_ok() -> bool:
+        return (dul.state_machine.current_state == "Sta6" and dul.event_queue.empty()
+                and dul._recv_pdu.empty() and not assoc.get_handlers(evt.EVT_DATA_RECV)
+                and not assoc.get_handlers(evt.EVT_PDU_RECV))
+
+    def read_pdu_data() -> None:
+        sock = dul.socket
+        try:
+            head = sock.recv(6)
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received (%s)", exc)
+            dul.event_queue.put("Evt17")
+            return
+        if len(head) != 6:
+            dul.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = struct.unpack(">BBL", head)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            log.error("Unknown PDU type received '0x%02X'", pdu_type)
+            dul.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(length)
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received (%s)", exc)
+            dul.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            log.error("The received PDU is shorter than expected (%d of %d bytes received)",
+                      len(body) + 6, length + 6)
+            dul.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and fast_ok():
+            items = _parse_pdvs(body)
+            if items is None:
+                log.error("Unable to decode the received P-DATA-TF PDU")
+                dul.event_queue.put("Evt19")
+                return
+            prim = P_DATA()
+            prim.presentation_data_value_list.extend(items)  # (views: no setter check)
+            assoc.dimse.receive_primitive(prim)
+            return
+        try:
+            pdu, event = dul._decode_pdu(head + body)
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: an invalid PDU
+            log.error("Unable to decode the received PDU data (%s)", exc)
+            dul.event_queue.put("Evt19")
+            return
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(pdu)
+
+    dul._read_pdu_data = read_pdu_data
+    return True
+
+
 # --------------------------------------------------------------------------- reactor wake-up
 _REACTOR_WAKE: dict[int, threading.Event] = {}
 

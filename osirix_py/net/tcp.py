@@ -30,6 +30,8 @@ import socket
 
 from pynetdicom import evt
 
+from .fastpath import install_fast_pdata
+
 log = logging.getLogger(__name__)
 
 
@@ -124,6 +126,23 @@ def _make_waiting_socket_class(base):
                 return sock in ready
             return bool(ready)
 
+        def recv(self, nr_bytes: int) -> bytearray:
+            """*nr_bytes* from the socket (fewer only when the peer closed),
+            read straight into one buffer; pynetdicom's own reads 4 KB per
+            ``recv`` and appends (128 calls for a 512 KB image)."""
+            sock = self.socket
+            buf = bytearray(nr_bytes)
+            got = 0
+            with memoryview(buf) as view:
+                while got < nr_bytes:
+                    n = sock.recv_into(view[got:], nr_bytes - got)
+                    if not n:
+                        break
+                    got += n
+            if got < nr_bytes:
+                del buf[got:]
+            return buf
+
     return _WaitingSocket
 
 
@@ -172,6 +191,8 @@ def install_dul_wakeup(assoc) -> bool:
     dul.to_provider_queue = new
     # The select above paces an idle loop now; no extra sleep per idle loop.
     dul._run_loop_delay = 0
+    # Received P-DATA goes straight to the DIMSE layer (see fastpath).
+    install_fast_pdata(dul)
     if pending:
         new._osx_wake.send(b"\0")
     return True

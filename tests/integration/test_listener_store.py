@@ -304,6 +304,23 @@ def test_peer_abort_mid_transfer_leaves_no_file_or_row(runtime, scu):
     assert echo_address("127.0.0.1", runtime.listener_port, AET, calling_ae="TESTSCU", timeout=5) > 0
 
 
+
+def test_malformed_pdata_pdu_aborts_that_association_only(runtime, scu):
+    """A P-DATA-TF PDU whose PDV item claims more bytes than the PDU holds:
+    the listener aborts that association (A-ABORT), stores nothing, and keeps
+    serving others."""
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+        cx = assoc.accepted_contexts[0].context_id
+        bad = b"\x04\x00" + (6).to_bytes(4, "big") + (255).to_bytes(4, "big") + bytes([cx, 0x03])
+        assoc.dul.socket.socket.sendall(bad)
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+    assert runtime.archive.count("instance") == 0
+    assert echo_address("127.0.0.1", runtime.listener_port, AET, calling_ae="TESTSCU", timeout=5) > 0
+
+
 # --------------------------------------------------------------------------- access control
 @pytest.mark.peers
 def test_wrong_called_ae_rejected_when_required(runtime_factory, dcmtk):

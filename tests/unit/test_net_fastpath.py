@@ -271,3 +271,48 @@ def test_reactor_sleep_ends_when_a_message_is_queued():
     assert woke and woke[0] >= 0.0009
     assert assoc.dimse.msg_queue.get_nowait() == (1, "early")  # moved, not lost
     assert pa.time.monotonic() > 0  # everything else is the real time module
+
+
+def test_received_pdv_items_are_split_and_malformed_ones_refused():
+    good = fastpath.message_bytes(3, b"c" * 10, b"d" * 50, 0)
+    # Two PDUs (command, data): each body parses into its one PDV item.
+    first_len = struct.unpack_from(">I", good, 2)[0]
+    body1 = bytearray(good[6:6 + first_len])
+    body2 = bytearray(good[12 + first_len:])
+    (cx, item), = fastpath._parse_pdvs(body1)
+    assert cx == 3 and bytes(item) == b"\x03" + b"c" * 10
+    (cx, item), = fastpath._parse_pdvs(body2)
+    assert cx == 3 and bytes(item) == b"\x02" + b"d" * 50
+    # Two items in one PDU body.
+    assert len(fastpath._parse_pdvs(body1 + body2)) == 2
+    # Truncated, zero-length, length past the end, empty: refused.
+    assert fastpath._parse_pdvs(body1[:-1]) is None
+    assert fastpath._parse_pdvs(bytearray(b"\x00\x00\x00\x00\x03\x03")) is None
+    assert fastpath._parse_pdvs(bytearray(b"\x00\x00\x00\xff\x03\x03")) is None
+    assert fastpath._parse_pdvs(bytearray()) is None
+
+
+def test_waiting_socket_reads_whole_pdus_and_stops_at_close():
+    import socket
+
+    from pynetdicom.transport import AssociationSocket
+
+    from osirix_py.net import tcp
+
+    cls = tcp._make_waiting_socket_class(AssociationSocket)
+    a, b = socket.socketpair()
+    try:
+        wrapper = object.__new__(cls)
+        wrapper.socket = a
+        payload = bytes(range(256)) * 4096  # 1 MiB: many recv_into calls
+        import threading
+
+        t = threading.Thread(target=b.sendall, args=(payload + b"tail",))
+        t.start()
+        assert wrapper.recv(len(payload)) == payload
+        t.join()
+        b.close()
+        got = wrapper.recv(100)  # peer closed after 4 bytes
+        assert isinstance(got, bytearray) and got == b"tail"
+    finally:
+        a.close()
