@@ -499,8 +499,6 @@ def decode_encapsulated_frame(ds: Any, index: int = 0, data: Any = None, *, uid:
             return None
     if not fast_decode_available(uid):
         return None
-    kind = _FAST_KIND[uid]
-    codecs = _codecs()[0]
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits_alloc = int(ds.BitsAllocated)
@@ -517,15 +515,33 @@ def decode_encapsulated_frame(ds: Any, index: int = 0, data: Any = None, *, uid:
     n = frame_count(ds)
     if not 0 <= index < n:
         return None
-    try:
-        from pydicom.encaps import get_frame
+    if frame is None:
+        try:
+            from pydicom.encaps import get_frame
 
-        if frame is None:
             if data is None:
                 data = ds.PixelData
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 return None
             frame = get_frame(data, index, number_of_frames=n, extended_offsets=_extended_offsets(ds))
+        except Exception:  # noqa: BLE001 - the pydicom path decides (repairs, precise errors)
+            return None
+    return decode_encapsulated_bytes(frame, uid, rows, cols, bits_alloc, bits_stored, signed, out=out)
+
+
+def decode_encapsulated_bytes(frame: bytes, uid: str, rows: int, cols: int, bits_alloc: int,
+                              bits_stored: int, signed: bool, *,
+                              out: np.ndarray | None = None) -> np.ndarray | None:
+    """:func:`decode_encapsulated_frame` of one greyscale frame's bytes, the image
+    attributes given as values (no dataset): the stored values, or ``None`` when
+    not handled here (the caller then decodes with :func:`decode_frame`)."""
+    if not fast_decode_available(uid):
+        return None
+    if bits_alloc not in (8, 16) or not 0 < bits_stored <= bits_alloc or rows <= 0 or cols <= 0:
+        return None
+    kind = _FAST_KIND[uid]
+    codecs = _codecs()[0]
+    try:
         dtype = np.dtype(("i" if signed else "u") + str(bits_alloc // 8))
         dst = None
         if (out is not None and out.shape == (rows, cols) and out.dtype.kind in "iu"

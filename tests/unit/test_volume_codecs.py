@@ -159,6 +159,35 @@ def test_direct_decoder_equals_pydicom(series, case):
         assert np.array_equal(fast, ref)
 
 
+@pytest.mark.parametrize("case", [*KINDS, *CASES])
+def test_quick_file_read_equals_pydicom_read(series, monkeypatch, case):
+    """load_volume's quick header read (dicom/quickheader) gives the volume that the
+    pydicom header read of the same files gives."""
+    if case not in series:
+        pytest.skip(f"no encoder for {case} here")
+    import osirix_py.imaging.volume as volume
+
+    made = []
+    real = volume._quick_record
+
+    def counting(*a, **k):
+        rec = real(*a, **k)
+        made.append(rec)
+        return rec
+
+    monkeypatch.setattr(volume, "_quick_record", counting)
+    quick = load_volume(series[case])
+    assert all(r is not None for r in made) and len(made) == N
+    monkeypatch.setattr(volume, "_quick_record", lambda *a, **k: None)
+    slow = load_volume(series[case])
+    assert quick.array.dtype == slow.array.dtype
+    assert np.array_equal(quick.array, slow.array)
+    assert np.array_equal(quick.affine, slow.affine)
+    assert quick.sources == slow.sources
+    assert quick.value_range == slow.value_range
+    assert [str(i) for i in quick.report.issues] == [str(i) for i in slow.report.issues]
+
+
 def test_fast_path_is_used_for_compressed_volumes(series, monkeypatch):
     case = next((c for c in ("s16/jpeg-sv1", "s16/j2k", "s16/rle-pydicom") if c in series), None)
     if case is None:
