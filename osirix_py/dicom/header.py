@@ -4,6 +4,11 @@
 without the preamble as old modalities write) up to the pixel data, checks the
 identifying UIDs and returns a :class:`Header` with one value per attribute of
 the table, decoded with the file's (0008,0005) Specific Character Set.
+
+Most files (Part 10, Explicit or Implicit VR Little Endian dataset, ASCII /
+Latin-1 / UTF-8 text) are read by :func:`~osirix_py.dicom.fastheader.read_indexed`
+without building a pydicom dataset; it gives the same values or declines, and
+then pydicom reads the file.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import pydicom
 from pydicom.charset import python_encoding
@@ -19,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
+from .fastheader import FastHeader, read_indexed
 from .tags import ATTRIBUTES, Attribute
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -114,6 +121,17 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
     """
     if len(data) < 8:
         raise DicomFileError(f"{name}: not a DICOM file (only {len(data)} bytes)", kind="not-dicom")
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        fast = read_indexed(data)
+        if fast is not None:
+            return _header_from_fast(fast, data, name)
+    return _read_header_pydicom(data, name=name)
+
+
+def _read_header_pydicom(data: bytes, *, name: str = "<data>") -> Header:
+    """``read_header`` by pydicom alone (every file the fast reader declines)."""
+    if len(data) < 8:
+        raise DicomFileError(f"{name}: not a DICOM file (only {len(data)} bytes)", kind="not-dicom")
     has_prefix = len(data) >= 132 and data[128:132] == b"DICM"
     problems: list[str] = []
     try:
@@ -133,25 +151,21 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
         raise DicomFileError(f"{name}: corrupt DICOM header ({exc.__class__.__name__}: {exc})") from exc
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-        raise DicomFileError(f"{name}: a DICOMDIR (media index), not an image; "
-                             "import the DICOMDIR itself to import the files it lists",
-                             kind="dicomdir")
+        _refuse_dicomdir(name)
     if not has_prefix and not _is_probably_dicom(ds):
         raise DicomFileError(f"{name}: not a DICOM file (no DICM prefix and no DICOM UIDs)",
                              kind="not-dicom")
-    missing = [k for k in REQUIRED if not values.get(k)]
-    if missing:
-        raise DicomFileError(
-            f"{name}: missing required attribute(s) "
-            + ", ".join(f"{_tag_str(k)} {k}" for k in missing),
-            kind="missing-attribute",
-        )
+    _check_required(values, name)
     ts = None
     if meta is not None:
         ts = meta.get("TransferSyntaxUID")
     if not has_prefix or ts is None:
-        ds_full = pydicom.dcmread(io.BytesIO(data), force=True)
-        data = _part10_bytes(ds_full)
+        try:
+            ds_full = pydicom.dcmread(io.BytesIO(data), force=True)
+            data = _part10_bytes(ds_full)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage
+            raise DicomFileError(f"{name}: corrupt DICOM file meta or data set, cannot be "
+                                 f"rewritten as a Part 10 file ({exc.__class__.__name__}: {exc})") from exc
         ts = ds_full.file_meta.TransferSyntaxUID
     values["TransferSyntaxUID"] = str(ts)
     charset = ds.get("SpecificCharacterSet")
@@ -164,6 +178,34 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
         charset = "\\".join(terms)
     return Header(values=values, transfer_syntax_uid=str(ts), character_set=charset,
                   data=data, warnings=problems)
+
+
+def _header_from_fast(fast: FastHeader, data: bytes, name: str) -> Header:
+    """``read_header``'s checks and result for what the fast reader found."""
+    if fast.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+        _refuse_dicomdir(name)
+    values = fast.values
+    _check_required(values, name)
+    values["TransferSyntaxUID"] = fast.transfer_syntax_uid
+    # The fast reader only accepts character sets that pydicom knows: no warning.
+    return Header(values=values, transfer_syntax_uid=fast.transfer_syntax_uid,
+                  character_set=fast.character_set, data=data, warnings=[])
+
+
+def _refuse_dicomdir(name: str) -> NoReturn:
+    raise DicomFileError(f"{name}: a DICOMDIR (media index), not an image; "
+                         "import the DICOMDIR itself to import the files it lists",
+                         kind="dicomdir")
+
+
+def _check_required(values: dict[str, object], name: str) -> None:
+    missing = [k for k in REQUIRED if not values.get(k)]
+    if missing:
+        raise DicomFileError(
+            f"{name}: missing required attribute(s) "
+            + ", ".join(f"{_tag_str(k)} {k}" for k in missing),
+            kind="missing-attribute",
+        )
 
 
 def _tag_str(keyword: str) -> str:
