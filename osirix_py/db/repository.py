@@ -12,7 +12,22 @@ import functools
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from sqlalchemy import Connection, Select, bindparam, delete, exists, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from ..dicom.tags import (
     ATTRIBUTES,
@@ -66,13 +81,22 @@ def patient_key(values: Mapping[str, object]) -> str:
     return f"name:{name}\x1f{values.get('PatientBirthDate') or ''}"
 
 
+@functools.lru_cache(maxsize=None)
+def _row_plan(level: Level) -> tuple[tuple[str, str, str | None], ...]:
+    """(keyword, column, shadow column of a person name or None) of *level*'s
+    stored attributes, in table order (computed once: ``Attribute.vr`` is a
+    dictionary look-up)."""
+    return tuple((a.keyword, a.column, f"{a.column}_norm" if a.is_person_name else None)
+                 for a in attributes_at(level, derived=False))
+
+
 def _row_values(level: Level, values: Mapping[str, object]) -> dict:
     row = {}
-    for a in attributes_at(level, derived=False):
-        v = values.get(a.keyword)
-        row[a.column] = v
-        if a.is_person_name:
-            row[f"{a.column}_norm"] = normalise_person_name(v) if v else None
+    for keyword, column, norm in _row_plan(level):
+        v = values.get(keyword)
+        row[column] = v
+        if norm is not None:
+            row[norm] = normalise_person_name(v) if v else None
     return row
 
 
@@ -474,6 +498,64 @@ def _known_series_chain(conn: Connection, recs: list[InstanceRecord], fresh: lis
     return {u: c[:3] for u, c in found.items()}
 
 
+#: Batches up to this size are probed with one statement of plain parameters
+#: (the import pool hands the index writer chunks of 32).
+_SMALL_BATCH = 32
+
+
+@functools.lru_cache(maxsize=128)
+def _probe_stmt(n_sops: int, n_series: int):
+    """One statement for a small batch: the (series, study, patient) chain of
+    each named series that is indexed ("S" rows) and each named SOP Instance
+    UID that is already indexed ("I" rows).  Plain bound parameters (no
+    expanding IN, whose per-execution rendering costs more than the query),
+    built and compiled once per batch shape."""
+    chain = (select(literal_column("'S'").label("kind"), series.c.series_instance_uid.label("uid"),
+                    series.c.id.label("series_pk"), series.c.study_pk,
+                    studies.c.patient_pk, studies.c.study_instance_uid)
+             .join(studies, studies.c.id == series.c.study_pk)
+             .where(series.c.series_instance_uid.in_(
+                 [bindparam(f"se{i}") for i in range(n_series)])))
+    known = (select(literal_column("'I'"), instances.c.sop_instance_uid,
+                    cast(null(), Integer), cast(null(), Integer), cast(null(), Integer),
+                    cast(null(), String))
+             .where(instances.c.sop_instance_uid.in_(
+                 [bindparam(f"so{i}") for i in range(n_sops)])))
+    return union_all(chain, known)
+
+
+def _probe(conn: Connection, sops: list[str], series_uids: list[str]):
+    """(series UID -> (series pk, study pk, patient pk, study UID), known SOP UIDs)."""
+    params = {f"so{i}": u for i, u in enumerate(sops)}
+    params.update((f"se{i}", u) for i, u in enumerate(series_uids))
+    chain: dict[str, tuple[int, int, int, str]] = {}
+    known: set[str] = set()
+    for kind, uid, se_pk, st_pk, pa_pk, st_uid in conn.execute(
+            _probe_stmt(len(sops), len(series_uids)), params):
+        if kind == "S":
+            chain[uid] = (se_pk, st_pk, pa_pk, st_uid)
+        else:
+            known.add(uid)
+    return chain, known
+
+
+def _one(params: list[dict]) -> list[dict] | dict:
+    """A single parameter set as a dict (execute, cheaper than executemany of one)."""
+    return params[0] if len(params) == 1 else params
+
+
+def _chain_from(found: dict[str, tuple[int, int, int, str]], recs: list[InstanceRecord],
+                fresh: list[int], series_uids) -> dict[str, tuple[int, int, int]] | None:
+    """:func:`_known_series_chain` from a probe's rows."""
+    if any(u not in found for u in series_uids):
+        return None
+    for i in fresh:
+        v = recs[i].values
+        if found[str(v["SeriesInstanceUID"])][3] != str(v["StudyInstanceUID"]):
+            return None
+    return {u: found[u][:3] for u in series_uids}
+
+
 def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool = False) -> list[AddResult]:
     """:func:`add_instance` for many records at once (the index writer's group commit).
 
@@ -481,13 +563,23 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
     query per level, inserted with one multi-row INSERT, and the derived counts
     are updated once per touched series/study/patient.  Records that are
     already known (or repeated within *recs*) take the one-by-one path.
+
+    A small batch of new instances of series already indexed (the usual
+    C-STORE: the 2nd..Nth instance of a series) costs five statements: one
+    probe (series chain and known SOPs together), the INSERT and the three
+    count updates.
     """
     if not recs:
         return []
     sops = [str(r.values["SOPInstanceUID"]) for r in recs]
-    known: set[str] = set()
-    for chunk in _chunks(sops, 500):
-        known.update(conn.execute(_SEL_KNOWN, {"uids": chunk}).scalars())
+    probed: dict[str, tuple[int, int, int, str]] | None = None
+    if len(recs) <= _SMALL_BATCH:
+        probed, known = _probe(conn, sops, list(dict.fromkeys(
+            str(r.values["SeriesInstanceUID"]) for r in recs)))
+    else:
+        known = set()
+        for chunk in _chunks(sops, 500):
+            known.update(conn.execute(_SEL_KNOWN, {"uids": chunk}).scalars())
     seen: set[str] = set()
     results: list[AddResult | None] = [None] * len(recs)
     fresh: list[int] = []
@@ -516,7 +608,11 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
     sekeys: dict[str, int] = {}
     for i in fresh:
         sekeys.setdefault(str(recs[i].values["SeriesInstanceUID"]), i)
-    known_chain = _known_series_chain(conn, recs, fresh, list(sekeys))
+    if probed is not None and len(fresh) == len(recs):
+        # Nothing ran since the probe (no known or repeated SOP): its chain holds.
+        known_chain = _chain_from(probed, recs, fresh, sekeys)
+    else:
+        known_chain = _known_series_chain(conn, recs, fresh, list(sekeys))
     if known_chain is not None:
         # Every series is known (the usual case: the 2nd..Nth instance of a
         # series): one joined query instead of five; nothing new above IMAGE.
@@ -576,7 +672,7 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
                    received_at=rec.received_at or now, origin=rec.origin)
         rows.append(row)
         per_series[se_pk] = per_series.get(se_pk, 0) + 1
-    conn.execute(_INS["instances"], rows)
+    conn.execute(_INS["instances"], _one(rows))
 
     # Derived counts, once per touched object
     per_study: dict[int, list[int]] = {}  # study pk -> [instances, new series]
@@ -593,11 +689,11 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
             mod = str(recs[sekeys[se_uid]].values.get("Modality") or "").strip()
             if mod:
                 new_mods.setdefault(st_pk, set()).add(mod)
-    conn.execute(_UPD_SERIES, series_updates)
+    conn.execute(_UPD_SERIES, _one(series_updates))
     per_patient: dict[int, list[int]] = {}  # patient pk -> [instances, new series, new studies]
     new_study_pks = {study_pks[u] for u in new_studies}
-    conn.execute(_UPD_STUDY, [{"pk": st_pk, "n": n, "nser": nser, "now": now}
-                              for st_pk, (n, nser) in per_study.items()])
+    conn.execute(_UPD_STUDY, _one([{"pk": st_pk, "n": n, "nser": nser, "now": now}
+                                   for st_pk, (n, nser) in per_study.items()]))
     for st_pk, mods in new_mods.items():
         current = conn.execute(_SEL_MODS, {"pk": st_pk}).scalar_one() or ""
         merged = {m for m in current.split("\\") if m} | mods
@@ -608,8 +704,8 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
         acc[0] += n
         acc[1] += nser
         acc[2] += 1 if st_pk in new_study_pks else 0
-    conn.execute(_UPD_PATIENT, [{"pk": pa_pk, "n": n, "nser": nser, "nst": nst}
-                                for pa_pk, (n, nser, nst) in per_patient.items()])
+    conn.execute(_UPD_PATIENT, _one([{"pk": pa_pk, "n": n, "nser": nser, "nst": nst}
+                                     for pa_pk, (n, nser, nst) in per_patient.items()]))
 
     # Per-record results; "new" flags go to the first record of each object.
     flagged_p: set[str] = set()
