@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Callable, Iterable, Mapping
@@ -63,6 +64,7 @@ from .fastpath import (
     pause_reactor,
     received_part10,
 )
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
 from .scu import ScuError, Target, open_association
 
 log = logging.getLogger(__name__)
@@ -322,7 +324,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             # per instance at the end (FailedSOPInstanceUIDList-like).
             sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
             fut = writer.submit(archive.submit_bytes, data, origin=f"dicom:{node.ae_title}",
-                                name=f"C-GET from {node.ae_title}")
+                                name=f"C-GET from {node.ae_title}", window=RETRIEVE_GROUP_WINDOW)
             with lock:
                 pending.append((sop, fut))
                 prog.bytes += len(data)
@@ -345,7 +347,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             if cancel.is_set() and not cancel_sent[0]:
                 cancel_sent[0] = time.monotonic()
                 try:
-                    assoc.send_c_cancel(1, query_model=model)
+                    assoc.send_c_cancel(msg_id, query_model=model)
                 except Exception as exc:  # noqa: BLE001
                     log.debug("C-CANCEL failed: %s", exc)
             elif cancel_sent[0] and time.monotonic() - cancel_sent[0] > 5.0 and assoc.is_established:
@@ -356,9 +358,17 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     done = threading.Event()
     watcher = threading.Thread(target=watch, daemon=True, name="retrieve-cancel")
     watcher.start()
+    # C-MOVE: our listener may acknowledge the PACS's stores once written and
+    # leave their index commits to us (net.moves); settled below like C-GET's.
+    msg_id = ACTIVE_MOVES.next_message_id() if method == "move" else 1
+    moves = (ACTIVE_MOVES.expecting(node.ae_title, calling_ae, msg_id) if method == "move"
+             else nullcontext())
+    expectation = moves.__enter__()
+    if expectation is not None:
+        pending = expectation.pending
     try:
-        responses = (assoc.send_c_get(ident, model, msg_id=1) if method == "get"
-                     else assoc.send_c_move(ident, dest, model, msg_id=1))
+        responses = (assoc.send_c_get(ident, model, msg_id=msg_id) if method == "get"
+                     else assoc.send_c_move(ident, dest, model, msg_id=msg_id))
         final = None
         last = time.monotonic()
         for status, identifier in responses:
@@ -419,15 +429,19 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
         done.set()
         watcher.join(1.0)
         _close(assoc, ae)
+        moves.__exit__(None, None, None)
         writer.shutdown(wait=True)
         _settle(pending, prog, dimse_timeout)
 
 
 def _settle(pending: list, prog: "TransferProgress", timeout: float) -> None:
-    """Wait for the index commits of the C-GET stores; count those that failed."""
+    """Wait for the index commits of the instances retrieved (C-GET stores, and
+    C-MOVE stores our listener acknowledged early); count those that failed."""
     for sop, fut in pending:
         try:
-            fut.result(timeout).result(timeout)  # the write, then the index commit
+            out = fut.result(timeout)  # C-GET: the write, then the index commit
+            if isinstance(out, Future):
+                out.result(timeout)
         except Exception as exc:  # noqa: BLE001 - a per-instance failure
             prog.failures[sop] = f"not stored here: {exc}"
     lost = sum(1 for sop, _ in pending if sop in prog.failures)

@@ -78,6 +78,7 @@ from .fastpath import (
     remove_reactor_wakeup,
     split_part10,
 )
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
 from .tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
@@ -378,6 +379,9 @@ class Handlers:
         #: (see :mod:`osirix_py.net.fastpath`); False: pynetdicom's own paths.
         self.fast_find = fast_paths
         self.fast_send = fast_paths
+        #: Stores answering our own C-MOVE retrieves (net.moves) are
+        #: acknowledged once written, their index commits grouped.
+        self.early_ack_moves = True
         if fast_paths:
             install_encode_hook()
             install_dimse_hook()
@@ -508,9 +512,24 @@ class Handlers:
                         "command", peer, v.get("SOPClassUID"), req.AffectedSOPClassUID)
             return status_ds(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                              "SOP Class UID of data set differs from the command's")
+        calling_ae = str(event.assoc.requestor.ae_title)
+        originator = req.MoveOriginatorApplicationEntityTitle
+        move_id = req.MoveOriginatorMessageID
+        early = self.early_ack_moves and ACTIVE_MOVES.expected(calling_ae, originator, move_id)
         try:
-            out = self.archive.store_bytes(data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
-                                           header=hdr)
+            if early:
+                # A sub-operation of our own C-MOVE: acknowledged once written;
+                # the retrieve waits for the index commit (see net.moves).
+                fut = self.archive.submit_bytes(data, origin=f"dicom:{peer}",
+                                                name=f"C-STORE from {peer}", header=hdr,
+                                                window=RETRIEVE_GROUP_WINDOW)
+                if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):
+                    self._count(event, "stored")
+                    return st.SUCCESS
+                out = fut.result()  # the retrieve ended meanwhile: durable first
+            else:
+                out = self.archive.store_bytes(data, origin=f"dicom:{peer}",
+                                               name=f"C-STORE from {peer}", header=hdr)
         except StorageFullError as exc:
             self._count(event, "failed")
             log.error("C-STORE from %s: disk full (%s)", peer, exc)

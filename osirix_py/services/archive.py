@@ -186,29 +186,35 @@ class Archive:
         name: str | None = None,
         in_place_path: Path | None = None,
         header: Header | None = None,
+        window: float = 0.0,
     ) -> Future:
         """Like :meth:`store_bytes` but returns a ``Future[StoreOutcome]`` at once.
 
         Header errors and storage errors of the file write are raised here,
         synchronously; the future completes when the index commit (group
         commit, preceded by one file-system sync for the whole batch) is done.
+        *window*: how long that commit may wait to group more instances
+        (for callers that do not wait on each future, see
+        :meth:`IndexWriter.submit`).
         """
         hdr = header or read_header(data, name=name or origin)
         v = hdr.values
         if v.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
             raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
                                  kind="not-dicom")
-        return self._submit_header(hdr, origin, in_place_path, data)
+        return self._submit_header(hdr, origin, in_place_path, data, window=window)
 
     def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
-                       staged: Staged | None = None, reread: Callable[[], bytes] | None = None) -> Future:
+                       staged: Staged | None = None, reread: Callable[[], bytes] | None = None,
+                       *, window: float = 0.0) -> Future:
         sop = hdr.sop_instance_uid
         lock = self._uid_locks[hash(sop) % len(self._uid_locks)]
         while True:
             with lock:
                 pending = self._pending.get(sop)
                 if pending is None:
-                    fut = self._submit_locked(hdr, origin, in_place_path, data, staged, reread)
+                    fut = self._submit_locked(hdr, origin, in_place_path, data, staged, reread,
+                                              window=window)
                     if not fut.done():
                         self._pending[sop] = fut
                         fut.add_done_callback(lambda f, sop=sop: self._pending.pop(sop, None))
@@ -222,7 +228,7 @@ class Archive:
 
     def _submit_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
                        data: bytes, staged: Staged | None = None,
-                       reread: Callable[[], bytes] | None = None) -> Future:
+                       reread: Callable[[], bytes] | None = None, *, window: float = 0.0) -> Future:
         """Store (or commit the *staged* file of) one parsed instance; the
         caller holds the UID's lock.  *reread* gives the bytes to store when a
         worker staged nothing because the key already existed."""
@@ -306,7 +312,7 @@ class Archive:
             finally:
                 out.set_result(outcome(res.status, file_path, size))
 
-        self.writer.submit_add(rec, replace=replace,
+        self.writer.submit_add(rec, replace=replace, window=window,
                                sync_files=not in_place and self.durable).add_done_callback(done)
         return out
 

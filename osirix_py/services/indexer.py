@@ -61,24 +61,33 @@ class IndexWriter:
         #: (:meth:`Archive.check`: size differs -> row removed) repairs them.
         self.sync_covers_db = sync_covers_db and db.is_sqlite
         self._lazy_conn = None  # the writer thread's own connection (see _commit_lazily)
-        self._q: queue.Queue[tuple[Op, Future, bool] | None] = queue.Queue()
+        self._q: queue.Queue[tuple[Op, Future, bool, float] | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._thread.start()
         self.commits = 0
         self.ops = 0
 
-    def submit(self, op: Op, *, sync_files: bool = False) -> Future:
+    def submit(self, op: Op, *, sync_files: bool = False, window: float = 0.0) -> Future:
+        """Queue *op*; its future resolves after the commit of its batch.
+
+        *window* (seconds): nobody waits for this op right now (a retrieve
+        acknowledges on write and settles at the end), so its batch may wait
+        that long for more ops -- one commit and one sync for a whole run of
+        received instances instead of one per instance.  A batch that holds
+        any op without a window (a C-STORE waiting to answer) never waits.
+        """
         if self._closed:
             raise WriterClosed("the archive is shutting down")
         fut: Future = Future()
-        self._q.put((op, fut, sync_files))
+        self._q.put((op, fut, sync_files, window))
         return fut
 
     def submit_add(self, record: repo.InstanceRecord, *, replace: bool = False,
-                   sync_files: bool = False) -> Future:
+                   sync_files: bool = False, window: float = 0.0) -> Future:
         """Index one instance (``Future[AddResult]``), batched with its neighbours."""
-        return self.submit(AddOp(record, replace), sync_files=sync_files)  # type: ignore[arg-type]
+        return self.submit(AddOp(record, replace), sync_files=sync_files,  # type: ignore[arg-type]
+                           window=window)
 
     def run(self, op: Op, timeout: float | None = None):
         """Submit *op* and wait for its committed result (re-raises its error)."""
@@ -104,22 +113,30 @@ class IndexWriter:
             if item is None:
                 return
             batch = [item]
+            window = item[3]
+            deadline = time.monotonic() + window
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._q.get_nowait()
+                    if window > 0:
+                        left = deadline - time.monotonic()
+                        nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
+                    else:
+                        nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._q.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
+                if nxt[3] <= 0:
+                    window = 0.0  # someone is waiting: commit what is here now
             self._execute(batch)
 
-    def _execute(self, batch: list[tuple[Op, Future, bool]]) -> None:
-        live = [(op, f) for op, f, _ in batch if f.set_running_or_notify_cancel()]
+    def _execute(self, batch: list[tuple[Op, Future, bool, float]]) -> None:
+        live = [(op, f) for op, f, _, _ in batch if f.set_running_or_notify_cancel()]
         if not live:
             return
-        needs_sync = self.sync_files is not None and any(sync for _, _, sync in batch)
+        needs_sync = self.sync_files is not None and any(sync for _, _, sync, _ in batch)
         deferred = needs_sync and self.sync_covers_db
         if needs_sync and not deferred:
             # Files first, then the rows that point at them (two flushes).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -109,5 +110,37 @@ def test_a_failed_sync_after_the_commit_fails_the_store_and_check_repairs(tmp_pa
         rep = archive.check()
         assert rep.rows_without_file == [sop]
         assert archive.count("instance") == 0
+    finally:
+        archive.close()
+
+
+def test_a_window_groups_unwaited_stores_into_one_sync_and_a_waiting_store_cuts_it_short(tmp_path):
+    """Retrieved instances (nobody waits on each) share one commit and one
+    sync within their window; a store whose sender waits for its answer
+    joins the batch and ends the wait at once."""
+    archive = Archive(open_database(f"sqlite:///{tmp_path / 'index.sqlite'}"),
+                      FileStore(tmp_path / "store"))
+    try:
+        syncs = []
+        original = archive.writer.sync_files
+
+        def sync():
+            syncs.append(1)
+            original()
+
+        archive.writer.sync_files = sync
+        futs = [archive.submit_bytes(_instance_bytes(seed)[0], origin="retrieve", window=2.0)
+                for seed in range(5)]
+        t0 = time.monotonic()
+        # A waiting store (window 0) arrives: the batch commits now, not in 2 s.
+        out = archive.store_bytes(_instance_bytes(99)[0], origin="push")
+        assert out.status == "stored" and time.monotonic() - t0 < 1.5
+        assert [f.result(5).status for f in futs] == ["stored"] * 5
+        assert len(syncs) == 1  # one commit, one sync for all six
+        assert archive.count("image") == 6
+        # Alone, windowed stores still commit (after their window).
+        t0 = time.monotonic()
+        f = archive.submit_bytes(_instance_bytes(7)[0], origin="retrieve", window=0.2)
+        assert f.result(5).status == "stored" and 0.15 < time.monotonic() - t0 < 3
     finally:
         archive.close()

@@ -1,0 +1,103 @@
+"""The C-MOVE retrieves this process is running, as the listener sees them.
+
+When we retrieve by C-MOVE, the PACS opens its own association to our
+listener and sends each instance as a C-STORE whose command carries (0000,1030)
+Move Originator Application Entity Title: the AE title we moved as.  A
+modality or another workstation pushing to us is owed a success status only
+once its instance is durable (it may delete its copy); the PACS answering our
+own C-MOVE keeps its copy, and the retrieve reports nothing as done before
+every instance is durable and indexed.  So, while :meth:`ActiveMoves.expecting`
+is open for a (PACS AE, our AE) pair, the listener acknowledges those stores
+once the file is written and hands their index-and-sync futures here
+(:meth:`ActiveMoves.track`); the retrieve then waits for them all
+(:attr:`Expectation.pending`), as a C-GET retrieve does for its own.
+
+A C-STORE that does not match an open expectation -- another calling AE,
+another move originator, no retrieve running -- is stored durably before its
+answer, as always.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+#: How long the index commit of a retrieved instance may wait to take more
+#: instances with it (one commit and one file-system sync per group instead of
+#: one per instance; the retrieve waits for every commit before it reports).
+RETRIEVE_GROUP_WINDOW = 0.05
+
+
+@dataclass
+class Expectation:
+    source_ae: str
+    our_ae: str
+    #: Our C-MOVE request's Message ID, echoed by the PACS in (0000,1031)
+    #: Move Originator Message ID: tells two retrieves from one PACS apart.
+    message_id: int | None = None
+    #: (SOP Instance UID, future of the index commit) of each instance acknowledged early.
+    pending: list[tuple[str, Future]] = field(default_factory=list)
+
+
+class ActiveMoves:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: list[Expectation] = []
+        self._next_id = 0
+
+    def next_message_id(self) -> int:
+        """A Message ID for a C-MOVE request (1..65535, distinct among recent ones)."""
+        with self._lock:
+            self._next_id = self._next_id % 65535 + 1
+            return self._next_id
+
+    @contextmanager
+    def expecting(self, source_ae: str, our_ae: str,
+                  message_id: int | None = None) -> Iterator[Expectation]:
+        """While open, stores from *source_ae* whose move originator is
+        *our_ae* (and, when both sides give one, whose Move Originator
+        Message ID is *message_id*) may be acknowledged before their index
+        commit."""
+        exp = Expectation(source_ae.strip(), our_ae.strip(), message_id)
+        with self._lock:
+            self._open.append(exp)
+        try:
+            yield exp
+        finally:
+            with self._lock:
+                self._open.remove(exp)
+
+    def _find(self, calling_ae: str, originator_ae: str, message_id: int | None) -> Expectation | None:
+        calling_ae, originator_ae = calling_ae.strip(), originator_ae.strip()
+        found = [e for e in self._open if e.source_ae == calling_ae and e.our_ae == originator_ae]
+        if message_id is not None:
+            found = [e for e in found if e.message_id in (None, message_id)]
+        # Without a message ID to tell them apart, two open retrieves from one
+        # PACS are ambiguous: nobody can say whose store it is, so none is
+        # acknowledged early.
+        return found[0] if len(found) == 1 else None
+
+    def expected(self, calling_ae: str, originator_ae: str | None,
+                 message_id: int | None = None) -> bool:
+        if not originator_ae:
+            return False
+        with self._lock:
+            return self._find(calling_ae, originator_ae, message_id) is not None
+
+    def track(self, calling_ae: str, originator_ae: str, sop_uid: str, fut: Future,
+              message_id: int | None = None) -> bool:
+        """Attach an early-acknowledged store to its retrieve; False when that
+        retrieve has ended meanwhile (the caller must then wait for *fut*)."""
+        with self._lock:
+            exp = self._find(calling_ae, originator_ae, message_id)
+            if exp is None:
+                return False
+            exp.pending.append((sop_uid, fut))
+            return True
+
+
+#: The process's registry (the listener and the client side live in one runtime).
+ACTIVE_MOVES = ActiveMoves()
