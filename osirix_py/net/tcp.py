@@ -152,6 +152,37 @@ def _make_waiting_socket_class(base):
 _WAITING_CLASSES: dict[type, type] = {}
 
 
+class _DulTime:
+    """Stands in for the ``time`` module inside ``pynetdicom.dul``.
+
+    The DUL reactor calls ``time.sleep(self._run_loop_delay)`` at the top of
+    every idle loop; with the wake-up installed that delay is 0 (the select
+    in ``ready`` paces the loop), and ``time.sleep(0)`` still gives up the
+    GIL and must win it back -- behind any thread that is running Python
+    code, up to the 5 ms switch interval, once per loop.  Here a zero sleep
+    returns at once; every other use is the real ``time`` module.
+    """
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(secs: float) -> None:
+        if secs > 0:
+            import time
+
+            time.sleep(secs)
+
+
+def _install_dul_time() -> None:
+    import pynetdicom.dul as dul_module
+
+    if not isinstance(dul_module.time, _DulTime):
+        dul_module.time = _DulTime()  # type: ignore[assignment]
+
+
 def install_dul_wakeup(assoc) -> bool:
     """Make *assoc*'s DUL reactor wake on socket data or a local primitive at once.
 
@@ -191,6 +222,7 @@ def install_dul_wakeup(assoc) -> bool:
     dul.to_provider_queue = new
     # The select above paces an idle loop now; no extra sleep per idle loop.
     dul._run_loop_delay = 0
+    _install_dul_time()
     # Received P-DATA goes straight to the DIMSE layer (see fastpath).
     install_fast_pdata(dul)
     if pending:
