@@ -19,6 +19,7 @@ unknown move destination (and what to add on the PACS).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -274,6 +275,18 @@ def move_destination_hint(our_ae: str, host: str | None, port: int | None) -> st
 
 
 # --------------------------------------------------------------------------- retrieve
+@functools.lru_cache(maxsize=1)
+def _get_negotiation() -> tuple[list, list]:
+    """The C-GET association's contexts (the model + 127 storage classes in
+    GET_SYNTAXES) and SCP role items, built once: building them validates
+    ~3,000 UIDs (pynetdicom copies the contexts per association, cheaply:
+    see ``ContextList``)."""
+    storage = [c.abstract_syntax for c in StoragePresentationContexts][:127]
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
+    return contexts, [build_role(uid, scp_role=True) for uid in storage]
+
+
 def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
              instance_uid: str | None = None, method: str = "get", calling_ae: str,
              move_destination: str | None = None, listener_host: str | None = None,
@@ -304,10 +317,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     if method == "get":
         install_dimse_hook()  # C-STORE responses encoded directly
         model = StudyRootQueryRetrieveInformationModelGet
-        contexts = [build_context(model)]
-        storage = [c.abstract_syntax for c in StoragePresentationContexts][:127]
-        contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
-        ext_neg = [build_role(uid, scp_role=True) for uid in storage]
+        contexts, ext_neg = _get_negotiation()
 
         def on_store(event):
             try:

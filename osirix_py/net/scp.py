@@ -42,6 +42,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import ListenerConfig
+from .fastpath import ContextList
 from .handlers import QR_MODELS, Handlers
 from .tcp import NODELAY_HANDLER, set_nodelay
 
@@ -116,26 +117,6 @@ class _Server(ThreadedAssociationServer):
         if self._gc[0] >= 60:
             self._gc[0] = 0
             gc.collect(1)
-
-
-class _ContextList(list):
-    """The server's supported presentation contexts, copied cheaply per association.
-
-    pynetdicom deep-copies them for every association it accepts; with every
-    storage SOP class x ~25 transfer syntaxes that copy (UID validation by
-    regular expression included) cost ~60 ms of CPU per association -- more
-    than a whole C-ECHO at Orthanc.  The UIDs are immutable strings: a new
-    context object with its own transfer syntax list is an equivalent copy.
-    """
-
-    def __deepcopy__(self, memo):
-        out = []
-        for cx in self:
-            new = object.__new__(type(cx))
-            new.__dict__.update(cx.__dict__)
-            new._transfer_syntax = list(cx._transfer_syntax)
-            out.append(new)
-        return out
 
 
 class _MoveDestinationFilter(logging.Filter):
@@ -325,7 +306,7 @@ class Listener:
         except OSError as exc:
             raise ListenerError(f"cannot listen on {self.config.bind_address}:{port}: "
                                 f"{exc.strerror or exc}") from exc
-        server.contexts = _ContextList(server.contexts)
+        server.contexts = ContextList(server.contexts)
         ae._servers.append(server)  # so that ae.shutdown() finds it, as start_server does
         self.ae = ae
         self._server = server

@@ -16,7 +16,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from ..dicom import status as st
-from .fastpath import quiet_pynetdicom
+from .fastpath import ContextList, quiet_pynetdicom
 from .tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def open_association(target: Target, calling_ae: str, contexts, *, timeout: floa
     ae.network_timeout = max(timeout, dimse_timeout or timeout)
     ae.maximum_pdu_size = max_pdu
     connected: list[bool] = []
-    assoc = ae.associate(target.host, int(target.port), contexts=list(contexts),
+    assoc = ae.associate(target.host, int(target.port), contexts=ContextList(contexts),
                          ae_title=target.ae_title, ext_neg=ext_neg or None, max_pdu=max_pdu,
                          evt_handlers=[NODELAY_HANDLER,
                                        (evt.EVT_CONN_OPEN, lambda e: connected.append(True)),
