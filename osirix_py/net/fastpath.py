@@ -811,6 +811,165 @@ def _parse_pdvs(body: bytearray) -> list | None:
     return out or None
 
 
+#: Command elements decoded here: tag -> (VR, keyword).  Any other element in a
+#: command set sends the message through pynetdicom's own decoding.
+_COMMAND_ELEMENTS = {
+    0x00000000: ("UL", "CommandGroupLength"),
+    0x00000002: ("UI", "AffectedSOPClassUID"),
+    0x00000100: ("US", "CommandField"),
+    0x00000110: ("US", "MessageID"),
+    0x00000120: ("US", "MessageIDBeingRespondedTo"),
+    0x00000600: ("AE", "MoveDestination"),
+    0x00000700: ("US", "Priority"),
+    0x00000800: ("US", "CommandDataSetType"),
+    0x00000900: ("US", "Status"),
+    0x00000902: ("LO", "ErrorComment"),
+    0x00000903: ("US", "ErrorID"),
+    0x00001000: ("UI", "AffectedSOPInstanceUID"),
+    0x00001020: ("US", "NumberOfRemainingSuboperations"),
+    0x00001021: ("US", "NumberOfCompletedSuboperations"),
+    0x00001022: ("US", "NumberOfFailedSuboperations"),
+    0x00001023: ("US", "NumberOfWarningSuboperations"),
+    0x00001030: ("AE", "MoveOriginatorApplicationEntityTitle"),
+    0x00001031: ("US", "MoveOriginatorMessageID"),
+}
+
+#: The DIMSE-C messages decoded here (command field -> message class name);
+#: C-CANCEL and DIMSE-N take pynetdicom's path.
+_FAST_COMMANDS = {0x0001: "C_STORE_RQ", 0x8001: "C_STORE_RSP", 0x0020: "C_FIND_RQ",
+                  0x8020: "C_FIND_RSP", 0x0010: "C_GET_RQ", 0x8010: "C_GET_RSP",
+                  0x0021: "C_MOVE_RQ", 0x8021: "C_MOVE_RSP", 0x0030: "C_ECHO_RQ",
+                  0x8030: "C_ECHO_RSP"}
+
+
+def decode_command(cmd: bytes):
+    """``(primitive, has_data_set, data_set_keyword)`` for an encoded command set
+    of a common DIMSE-C message, built as pynetdicom's ``decode_msg`` +
+    ``message_to_primitive`` build it (same attributes, same values), without
+    pydicom; None for anything else (pynetdicom's path decides then)."""
+    from pynetdicom.dimse_messages import _DATASET_KEYWORDS, _MSG_TO_PRIMITVE
+
+    values: dict[str, object] = {}
+    pos, end = 0, len(cmd)
+    try:
+        while pos < end:
+            group, elem, length = struct.unpack_from("<HHI", cmd, pos)
+            pos += 8
+            spec = _COMMAND_ELEMENTS.get((group << 16) | elem)
+            if spec is None or pos + length > end:
+                return None
+            vr, keyword = spec
+            raw = cmd[pos:pos + length]
+            pos += length
+            if vr == "US":
+                if length != 2:
+                    return None
+                values[keyword] = raw[0] | (raw[1] << 8)
+            elif vr == "UL":
+                if length != 4:
+                    return None
+                values[keyword] = struct.unpack("<I", raw)[0]
+            else:
+                text = raw.decode("ascii")
+                if "\\" in text:
+                    return None  # multi-valued: pynetdicom warns and takes the first
+                values[keyword] = text.rstrip("\x00 ") if vr != "AE" else text.strip("\x00 ")
+        name = _FAST_COMMANDS.get(values.get("CommandField"))  # type: ignore[arg-type]
+        if name is None or "CommandDataSetType" not in values:
+            return None
+        prim = _MSG_TO_PRIMITVE[name[:name.rfind("_R")]]()
+        for keyword, value in values.items():
+            if value == "" and keyword != "ErrorComment":
+                continue  # (pydicom gives None for an empty UI/AE: not set either)
+            if hasattr(prim, keyword):
+                setattr(prim, keyword, value)
+    except (UnicodeDecodeError, struct.error, ValueError, TypeError):
+        return None
+    return prim, values["CommandDataSetType"] != 0x0101, _DATASET_KEYWORDS.get(name)
+
+
+class _Incoming:
+    """A DIMSE message being received on the fast path."""
+
+    __slots__ = ("cx", "cmd", "prim", "keyword", "data")
+
+    def __init__(self, cx: int):
+        self.cx = cx
+        self.cmd = bytearray()
+        self.prim = None
+        self.keyword: str | None = None
+        self.data: io.BytesIO | None = None
+
+
+def _deliver(dimse, msg: _Incoming) -> None:
+    prim = msg.prim
+    if msg.keyword is not None:
+        setattr(prim, msg.keyword, msg.data if msg.data is not None else io.BytesIO())
+    prim._context_id = msg.cx
+    prim._dataset_path = None
+    prim._dataset_file = None
+    dimse.msg_queue.put((msg.cx, prim))
+
+
+def receive_pdvs(assoc, items: list) -> None:
+    """Assemble received PDV items into DIMSE messages (see install_fast_pdata).
+
+    The common DIMSE-C messages are decoded by :func:`decode_command` and
+    queued exactly as ``DIMSEServiceProvider.receive_primitive`` queues them;
+    any other message -- or any message while an ``EVT_DIMSE_RECV`` handler is
+    bound, or one that pynetdicom has already started -- is handed to
+    ``receive_primitive`` with all its fragments so far."""
+    from pynetdicom import evt
+    from pynetdicom.pdu_primitives import P_DATA
+
+    dimse = assoc.dimse
+    msg: _Incoming | None = getattr(dimse, "_osx_rx", None)
+
+    def hand_over(pdvs: list) -> None:
+        dimse._osx_rx = None
+        prim = P_DATA()
+        prim.presentation_data_value_list.extend(pdvs)
+        dimse.receive_primitive(prim)
+
+    for i, (cx, item) in enumerate(items):
+        ctrl = item[0]
+        if msg is None:
+            if dimse.message is not None or not ctrl & 1 or assoc.get_handlers(evt.EVT_DIMSE_RECV):
+                hand_over(items[i:])
+                return
+            msg = _Incoming(cx)
+        if ctrl & 1:  # a command fragment
+            if msg.prim is not None:
+                # A command inside a data set: pynetdicom's decoding would
+                # mangle it; the peer broke the protocol.
+                raise ValueError("command fragment inside a data set")
+            msg.cmd += item[1:]
+            if not ctrl & 2:
+                continue
+            decoded = decode_command(bytes(msg.cmd))
+            if decoded is None:
+                hand_over([(cx, b"\x03" + bytes(msg.cmd))] + list(items[i + 1:]))
+                return
+            msg.cx = cx
+            msg.prim, has_data, msg.keyword = decoded
+            if not has_data:
+                _deliver(dimse, msg)
+                msg = None
+            else:
+                msg.data = io.BytesIO()
+        else:  # a data set fragment
+            if msg.prim is None:
+                # Data before the command set is complete: as pynetdicom would.
+                head = [(msg.cx, b"\x01" + bytes(msg.cmd))] if msg.cmd else []
+                hand_over(head + list(items[i:]))
+                return
+            msg.data.write(item[1:])  # type: ignore[union-attr]
+            if ctrl & 2:
+                _deliver(dimse, msg)
+                msg = None
+    dimse._osx_rx = msg
+
+
 def install_fast_pdata(dul) -> bool:
     """Hand received P-DATA-TF PDUs straight to the DIMSE layer.
 
@@ -872,9 +1031,11 @@ def install_fast_pdata(dul) -> bool:
                 log.error("Unable to decode the received P-DATA-TF PDU")
                 dul.event_queue.put("Evt19")
                 return
-            prim = P_DATA()
-            prim.presentation_data_value_list.extend(items)  # (views: no setter check)
-            assoc.dimse.receive_primitive(prim)
+            try:
+                receive_pdvs(assoc, items)
+            except ValueError as exc:
+                log.error("Invalid DIMSE message received (%s)", exc)
+                dul.event_queue.put("Evt19")
             return
         try:
             pdu, event = dul._decode_pdu(head + body)

@@ -305,6 +305,26 @@ def test_peer_abort_mid_transfer_leaves_no_file_or_row(runtime, scu):
 
 
 
+def test_tiny_pdus_split_command_sets_and_data_sets_and_all_arrives(runtime_factory, synthetic_dir, dcmtk):
+    """With a 128-byte maximum PDU every command set arrives in several
+    fragments (and images in hundreds): storescu's instances are all stored
+    intact, and findscu's matches all come back."""
+    rt = runtime_factory(max_pdu=128)
+    files = sorted(synthetic_dir.rglob("*.dcm"))[:5]
+    dcmtk("storescu", "-aec", AET, "127.0.0.1", str(rt.listener_port), *map(str, files))
+    assert rt.archive.count("instance") == 5
+    for f in files:
+        ds = pydicom.dcmread(f)
+        row = rt.archive.find("image", {"SOPInstanceUID": ds.SOPInstanceUID})[0]
+        stored = pydicom.dcmread(io.BytesIO(rt.archive.read_instance(row)))
+        assert stored.PixelData == ds.PixelData and stored.PatientName == ds.PatientName
+    out = dcmtk("findscu", "-v", "-S", "-aec", AET, "-k", "QueryRetrieveLevel=STUDY",
+                "-k", "StudyInstanceUID", "127.0.0.1", str(rt.listener_port))
+    text = (out.stdout or "") + (out.stderr or "")
+    pending = sum(1 for line in text.splitlines() if "Find Response" in line and "Pending" in line)
+    assert pending == rt.archive.count("study") >= 1
+
+
 def test_malformed_pdata_pdu_aborts_that_association_only(runtime, scu):
     """A P-DATA-TF PDU whose PDV item claims more bytes than the PDU holds:
     the listener aborts that association (A-ABORT), stores nothing, and keeps

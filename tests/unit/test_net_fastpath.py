@@ -316,3 +316,107 @@ def test_waiting_socket_reads_whole_pdus_and_stops_at_close():
         assert isinstance(got, bytearray) and got == b"tail"
     finally:
         a.close()
+
+
+def _pynetdicom_decoded(cmd: bytes, data: bytes | None = None):
+    """What pynetdicom's own receive path makes of a command set (+ data set)."""
+    from pynetdicom.dimse_messages import DIMSEMessage
+    from pynetdicom.pdu_primitives import P_DATA
+
+    msg = DIMSEMessage()
+    p = P_DATA()
+    p.presentation_data_value_list.append((5, b"\x03" + cmd))
+    if data is not None:
+        p.presentation_data_value_list.append((5, b"\x02" + data))
+    assert msg.decode_msg(p, None)
+    return msg.message_to_primitive()
+
+
+_PRIMITIVE_FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID",
+                     "AffectedSOPInstanceUID", "Priority", "Status", "ErrorComment", "ErrorID",
+                     "MoveDestination", "MoveOriginatorApplicationEntityTitle",
+                     "MoveOriginatorMessageID", "NumberOfRemainingSuboperations",
+                     "NumberOfCompletedSuboperations", "NumberOfFailedSuboperations",
+                     "NumberOfWarningSuboperations")
+
+
+def _commands():
+    from pynetdicom.dimse_messages import (C_ECHO_RQ, C_FIND_RSP, C_GET_RSP, C_MOVE_RQ,
+                                           C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP)
+    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+
+    def store_rq(**kw):
+        p = C_STORE()
+        p.MessageID, p.Priority = 7, 2
+        p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        p.AffectedSOPInstanceUID = "1.2.3.4.5"
+        for k, v in kw.items():
+            setattr(p, k, v)
+        p.DataSet = io.BytesIO(b"x")
+        return C_STORE_RQ, p, True
+
+    def rsp(cls, msg, status=0x0000, **kw):
+        p = cls()
+        p.MessageIDBeingRespondedTo, p.Status = 9, status
+        for k, v in kw.items():
+            setattr(p, k, v)
+        return msg, p, False
+
+    move_rq = C_MOVE()
+    move_rq.MessageID, move_rq.Priority = 3, 0
+    move_rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    move_rq.MoveDestination = "STORESCP"
+    move_rq.Identifier = io.BytesIO(b"q")
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    return [
+        store_rq(),
+        store_rq(MoveOriginatorApplicationEntityTitle="OSIRIXPY", MoveOriginatorMessageID=12),
+        store_rq(AffectedSOPInstanceUID="1.2.3.4.55"),  # odd length: padded with \0
+        rsp(C_STORE, C_STORE_RSP, AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+            AffectedSOPInstanceUID="1.2.3"),
+        rsp(C_STORE, C_STORE_RSP, 0xA700, ErrorComment="out of resources: disk full"),
+        rsp(C_STORE, C_STORE_RSP, 0xC000, ErrorComment="odd"),
+        rsp(C_FIND, C_FIND_RSP, 0xFF00, AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.1"),
+        rsp(C_GET, C_GET_RSP, 0xFF00, NumberOfRemainingSuboperations=99,
+            NumberOfCompletedSuboperations=1, NumberOfFailedSuboperations=0,
+            NumberOfWarningSuboperations=0),
+        rsp(C_MOVE, C_MOVE_RSP, 0xA801, ErrorComment="move destination 'X' unknown"),
+        (C_MOVE_RQ, move_rq, True),
+        (C_ECHO_RQ, echo, False),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_decode_command_gives_pynetdicoms_primitive(case):
+    msg_cls, prim, has_data = _commands()[case]
+    msg = msg_cls()
+    msg.primitive_to_message(prim)
+    from pynetdicom.dsutils import encode
+
+    cmd = encode(msg.command_set, True, True)
+    expected = _pynetdicom_decoded(cmd, b"x" if has_data else None)
+    got = fastpath.decode_command(cmd)
+    assert got is not None
+    got_prim, got_has_data, keyword = got
+    assert type(got_prim) is type(expected) and got_has_data == has_data
+    for field in _PRIMITIVE_FIELDS:
+        if hasattr(expected, field):
+            assert getattr(got_prim, field) == getattr(expected, field), field
+            assert type(getattr(got_prim, field)) is type(getattr(expected, field)), field
+
+
+def test_decode_command_leaves_the_unusual_to_pynetdicom():
+    from pynetdicom.dimse_messages import C_CANCEL_RQ
+    from pynetdicom.dimse_primitives import C_CANCEL
+    from pynetdicom.dsutils import encode
+
+    cancel = C_CANCEL()
+    cancel.MessageIDBeingRespondedTo = 3
+    msg = C_CANCEL_RQ()
+    msg.primitive_to_message(cancel)
+    assert fastpath.decode_command(encode(msg.command_set, True, True)) is None
+    # An element it does not know (OffendingElement, AT), a truncated set.
+    assert fastpath.decode_command(struct.pack("<HHI", 0, 0x0901, 4) + b"\x10\x00\x10\x00") is None
+    assert fastpath.decode_command(struct.pack("<HHI", 0, 0x0100, 2)) is None
