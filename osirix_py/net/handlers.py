@@ -566,7 +566,9 @@ class Handlers:
             yield status_ds(exc.status, exc.comment), None
             return
         pending = st.PENDING_WARNING if parsed.unsupported else st.PENDING
-        log.info("C-FIND from %s: %s level %s", peer, parsed.level.value, parsed.query)
+        # One line per query only at DEBUG: a viewer browsing a PACS sends
+        # hundreds; the association's summary at INFO counts them.
+        log.debug("C-FIND from %s: %s level %s", peer, parsed.level.value, parsed.query)
         self._count(event, "C-FIND")
         rows = None
         n = 0
