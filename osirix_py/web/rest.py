@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pydicom
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -116,9 +117,27 @@ def instance_file(request: Request) -> Response:
 
 
 def _render_request(request: Request, default_size: int | None) -> RenderRequest:
-    p = request.query_params
-    mt = choose_media_type(p.get("format") and f"image/{p['format'].lower()}"
-                           or request.headers.get("accept"))
+    return render_request(request.scope.get("query_string", b""), request.headers.get("accept"),
+                          default_size)
+
+
+#: (query string, Accept, default size) -> RenderRequest: a viewer asks for the same
+#: parameters image after image.  Bounded; only short keys are kept.
+_RENDER_REQUESTS: dict = {}
+_RENDER_REQUESTS_MAX = 256
+_KEY_MAX = 512
+
+
+def render_request(query_string: bytes, accept: str | None,
+                   default_size: int | None) -> RenderRequest:
+    """The :class:`RenderRequest` of an image route's query (``frame``, ``windowCenter``/
+    ``windowWidth``, ``size``, ``quality``, ``format``) and Accept header; 400/406."""
+    key = (query_string, accept, default_size)
+    req = _RENDER_REQUESTS.get(key)
+    if req is not None:
+        return req
+    p = QueryParams(query_string)
+    mt = choose_media_type(p.get("format") and f"image/{p['format'].lower()}" or accept)
     if mt is None:
         raise HttpProblem(406, "images are offered as image/jpeg or image/png")
     size = int_param(p, "size", default_size, minimum=1, maximum=4096)
@@ -127,11 +146,18 @@ def _render_request(request: Request, default_size: int | None) -> RenderRequest
                                                              p.get("windowWidth")),
                         size=(size, size), media_type=mt,
                         quality=int_param(p, "quality", 90, minimum=1, maximum=100))
+    if len(query_string) + len(accept or "") <= _KEY_MAX:
+        if len(_RENDER_REQUESTS) >= _RENDER_REQUESTS_MAX:
+            _RENDER_REQUESTS.clear()
+        _RENDER_REQUESTS[key] = req
     return req
 
 
+_IMAGE_CACHE_CONTROL = {"Cache-Control": "private, max-age=60"}
+
+
 def _image(data: bytes, req: RenderRequest) -> Response:
-    return Response(data, media_type=req.media_type, headers={"Cache-Control": "private, max-age=60"})
+    return Response(data, media_type=req.media_type, headers=_IMAGE_CACHE_CONTROL)
 
 
 def _image_response(request: Request, row: dict, *, default_size: int | None) -> Response:
@@ -139,21 +165,28 @@ def _image_response(request: Request, row: dict, *, default_size: int | None) ->
     return _image(request.app.state.renderer.render(row, req), req)
 
 
-async def _image_response_async(request: Request, default_size: int | None) -> Response:
-    req = _render_request(request, default_size)
-    row = lookup_instance(_archive(request), request.path_params["uid"])
-    return _image(await render_async(request.app.state.renderer, row, req), req)
+async def rendered_image(state, uid: str, query_string: bytes, accept: str | None,
+                         default_size: int | None = None) -> Response:
+    """The image response of ``/api/instances/{uid}/rendered`` (and ``/thumbnail``): also
+    called straight from the app's fast path for this route (see :mod:`.app`)."""
+    req = render_request(query_string, accept, default_size)
+    row = lookup_instance(state.runtime.archive, uid)
+    return _image(await render_async(state.renderer, row, req), req)
 
 
 async def instance_rendered(request: Request) -> Response:
     """The instance rendered as JPEG or PNG (``frame``, ``windowCenter``/``windowWidth``,
     ``size``, ``quality``)."""
-    return await _image_response_async(request, None)
+    return await rendered_image(request.app.state, request.path_params["uid"],
+                                request.scope.get("query_string", b""),
+                                request.headers.get("accept"))
 
 
 async def instance_thumbnail(request: Request) -> Response:
     """A thumbnail of the instance (128 pixels unless ``size`` is given)."""
-    return await _image_response_async(request, 128)
+    return await rendered_image(request.app.state, request.path_params["uid"],
+                                request.scope.get("query_string", b""),
+                                request.headers.get("accept"), 128)
 
 
 def series_thumbnail(request: Request) -> Response:

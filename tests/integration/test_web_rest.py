@@ -126,6 +126,63 @@ def test_wado_uri_errors(http, ct_instance):
     assert r.status_code == 406
 
 
+def test_rendered_jpeg_png_window_size_and_errors(http, web, ct_instance):
+    from osirix_py.web.common import lookup_instance
+    from osirix_py.web.render import Renderer, RenderRequest
+
+    sop = ct_instance["SOPInstanceUID"]
+    url = f"/api/instances/{sop}/rendered"
+    r = http.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.headers["cache-control"] == "private, max-age=60"
+    assert r.headers["x-content-type-options"] == "nosniff"  # added to every response
+    assert Image.open(io.BytesIO(r.content)).size == (64, 64)
+    row = lookup_instance(web.archive, sop)
+    assert r.content == Renderer(web.archive).render(row, RenderRequest())
+    assert http.get(url).content == r.content  # from the render cache
+    r = http.get(url, params={"format": "png", "size": 32, "windowCenter": 40,
+                              "windowWidth": 400})
+    assert r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+    assert r.content == Renderer(web.archive).render(
+        row, RenderRequest(window=(40.0, 400.0), size=(32, 32), media_type="image/png"))
+    r = http.get(url, headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    r = http.get(url, params={"quality": 50})
+    assert r.status_code == 200 and len(r.content) < len(http.get(url).content)
+    assert http.head(url).status_code == 200  # HEAD: the ordinary route
+    for params, status, words in (({"windowCenter": 40}, 400, "windowWidth"),
+                                  ({"frame": 2}, 404, "frame 2"),
+                                  ({"size": 0}, 400, "size"),
+                                  ({"quality": "x"}, 400, "quality")):
+        r = http.get(url, params=params)
+        assert r.status_code == status and words in r.json()["error"], params
+        assert r.json()["status"] == status
+    r = http.get(url, headers={"Accept": "text/html"})
+    assert r.status_code == 406 and "image/jpeg" in r.json()["error"]
+    for bad in ("1.2.3", "a*b", "..%2F..%2Fetc"):
+        r = http.get(f"/api/instances/{bad}/rendered")
+        assert r.status_code == 404 and "error" in r.json(), bad
+    # Not without a user.
+    r = httpx.get(f"{http.base_url}{url}", timeout=30)
+    assert r.status_code == 401
+
+
+def test_rendered_image_is_gone_once_its_instance_is_deleted(http, web):
+    inst = http.get("/api/instances", params={"PatientName": "Doe*", "InstanceNumber": "7",
+                                              "limit": 1}).json()[0]
+    sop = inst["SOPInstanceUID"]
+    url = f"/api/instances/{sop}/rendered"
+    assert http.get(url).status_code == 200
+    assert http.get(url, params={"size": 16}).status_code == 200  # both in the render cache
+    assert http.delete(f"/api/instances/{sop}").status_code == 200
+    for params in ({}, {"size": 16}):
+        r = http.get(url, params=params)
+        assert r.status_code == 404 and sop in r.json()["error"]
+    assert http.get(f"/api/instances/{sop}/thumbnail").status_code == 404
+    assert _wado(http, inst).status_code == 404
+
+
 def test_thumbnails(http, ct_instance):
     r = http.get(f"/api/instances/{ct_instance['SOPInstanceUID']}/thumbnail")
     assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (128, 128)

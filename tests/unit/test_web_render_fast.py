@@ -346,3 +346,94 @@ def test_read_native_takes_a_memoryview():
     raw = _bytes(_ct())
     a, b = quickheader.read_native(raw), quickheader.read_native(memoryview(bytearray(raw)))
     assert a.elements == b.elements and a.pixel_offset == b.pixel_offset
+
+
+# ------------------------------------------------------------ streamed render (big files)
+def _big_ct(rows: int = 256, columns: int = 300, private_bytes: int = 0) -> Dataset:
+    """A CT slice bigger than the first read (:data:`render.HEAD_BYTES`), optionally with a
+    header that does not end within it (a big private element before the pixel data)."""
+    ds = synthetic.make_ct_series(slices=1, rows=rows, columns=columns)[0]
+    rng = np.random.default_rng(rows + columns + private_bytes)
+    ds.PixelData = rng.integers(-1100, 1500, rows * columns, dtype=np.int16).astype("<i2").tobytes()
+    if private_bytes:
+        ds.add_new(0x00090010, "LO", "OSIRIX-PY TEST")
+        ds.add_new(0x00091001, "OB", bytes(rng.integers(0, 256, private_bytes, dtype=np.uint8)))
+    return ds
+
+
+@pytest.mark.parametrize("private", [0, 20 << 10, 200 << 10])
+def test_streamed_render_matches_full_path(tmp_path, private, monkeypatch):
+    streamed = []
+    real = render._stream_lut
+    monkeypatch.setattr(render, "_stream_lut", lambda *a: streamed.append(1) or real(*a))
+    raw = _bytes(_big_ct(private_bytes=private))
+    assert len(raw) > render.HEAD_BYTES
+    head = quickheader.read_native(raw)
+    assert (head.pixel_offset > render.HEAD_BYTES) == (private > render.HEAD_BYTES)
+    arch = _FileArchive(tmp_path, {"f": raw})
+    r = render.Renderer(arch)
+    row = {"SOPInstanceUID": "f", "_checksum": "c"}
+    for window in (None, (40.0, 400.0), (-600.0, 1500.0)):
+        for size in ((None, None), (100, 100)):
+            for mt in ("image/jpeg", "image/png"):
+                req = render.RenderRequest(window=window, size=size, media_type=mt)
+                assert r.render(row, req) == render.render_frame(_full(raw, 0), req), \
+                    (window, size, mt)
+    assert arch.reads == 0 and not r.frames._d  # straight from the file, nothing kept
+    assert len(streamed) == 3 * 2 * 2  # every one through the LUT, piece by piece
+
+
+def test_streamed_render_is_not_misled_by_an_earlier_file_in_the_buffer(tmp_path):
+    """A file whose header is longer than the first read, rendered after others: the
+    pooled buffer holds the earlier file's bytes past the first read."""
+    files = {"a": _bytes(_big_ct(300, 310)), "b": _bytes(_big_ct(128, 128, 40 << 10)),
+             "c": _bytes(_big_ct(200, 100))}
+    r = render.Renderer(_FileArchive(tmp_path, files))
+    req = render.RenderRequest(media_type="image/png")
+    for name in ("a", "b", "c", "b", "a"):
+        r.cache = render._LRU(0)
+        got = r.render({"SOPInstanceUID": name, "_checksum": "c"}, req)
+        assert got == render.render_frame(_full(files[name], 0), req), name
+
+
+def test_streamed_render_of_a_truncated_file_takes_the_ordinary_path(tmp_path):
+    raw = _bytes(_big_ct())
+    arch = _FileArchive(tmp_path, {"f": raw[:-1000]})
+    arch.read_instance = lambda row: raw[:-1000]
+    r = render.Renderer(arch)
+    assert r._render_pooled({"SOPInstanceUID": "f", "_checksum": "c"},
+                            render.RenderRequest()) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (181, 181), (512, 512), (700, 333)])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+def test_apply_lut_in_pieces_equals_take(shape, dtype):
+    rng = np.random.default_rng(shape[0])
+    n = 1 << (8 * np.dtype(dtype).itemsize)
+    lut = rng.integers(0, 256, n, dtype=np.uint8)
+    idx = rng.integers(0, n, shape, dtype=dtype)
+    want = np.take(lut, idx)
+    np.testing.assert_array_equal(render._apply_lut(lut, idx), want)
+    out = np.empty(shape, np.uint8)
+    assert render._apply_lut(lut, idx, out) is out
+    np.testing.assert_array_equal(out, want)
+    # A strided view (not contiguous) and a LUT shorter than the dtype's range.
+    np.testing.assert_array_equal(render._apply_lut(lut, idx[:, ::2]), np.take(lut, idx[:, ::2]))
+    short = lut[:int(idx.max()) + 1]
+    np.testing.assert_array_equal(render._apply_lut(short, idx), want)
+    assert render._take_mode(short, idx) == ("raise" if short.size < n else "wrap")
+
+
+def test_a_replaced_instance_is_rendered_again(tmp_path):
+    """The render cache's key holds the instance's checksum: a new file under the same
+    SOP Instance UID (a replace) is never answered with the old image."""
+    old, new = _bytes(_big_ct(96, 96)), _bytes(_big_ct(96, 97))
+    arch = _FileArchive(tmp_path, {"f": old})
+    r = render.Renderer(arch)
+    req = render.RenderRequest()
+    first = r.render({"SOPInstanceUID": "f", "_checksum": "old"}, req)
+    assert first == render.render_frame(_full(old, 0), req)
+    (tmp_path / "f").write_bytes(new)
+    again = r.render({"SOPInstanceUID": "f", "_checksum": "new"}, req)
+    assert again == render.render_frame(_full(new, 0), req) and again != first
+    assert r.cached({"SOPInstanceUID": "f", "_checksum": "old"}, req) == first
