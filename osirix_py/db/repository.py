@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -41,6 +42,8 @@ from ..dicom.tags import (
 )
 from .matching import QueryError, match_clause, normalise_person_name
 from .schema import LEVEL_TABLES, PARENT_FK, instances, patients, series, studies
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,25 +145,34 @@ def add_instance(conn: Connection, rec: InstanceRecord, *, replace: bool = False
         return AddResult("replaced", existing.id, old_file_path=old, old_in_place=existing.in_place,
                          study_uid=su.study_instance_uid, series_uid=su.series_instance_uid)
 
-    patient_pk, new_patient = _get_or_create(
-        conn, Level.PATIENT, patients.c.patient_key, patient_key(v), v,
-        {"patient_key": patient_key(v), "character_set": rec.character_set},
-    )
-    study_uid = str(v["StudyInstanceUID"])
-    study_pk, new_study = _get_or_create(
-        conn, Level.STUDY, studies.c.study_instance_uid, study_uid, v,
-        {"patient_pk": patient_pk, "character_set": rec.character_set, "updated_at": now,
-         "modalities_in_study": "", "num_series": 0, "num_instances": 0},
-    )
-    if not new_study:
-        # The study may have been filed under another patient by an earlier
-        # instance (e.g. corrected demographics): keep the study's patient.
-        patient_pk = conn.execute(select(studies.c.patient_pk).where(studies.c.id == study_pk)).scalar_one()
     series_uid = str(v["SeriesInstanceUID"])
-    series_pk, new_series = _get_or_create(
-        conn, Level.SERIES, series.c.series_instance_uid, series_uid, v,
-        {"study_pk": study_pk, "num_instances": 0},
-    )
+    known = conn.execute(_SEL_SERIES_CHAIN, {"uids": [series_uid]}).first()
+    if known is not None:
+        # A known series keeps its study and patient (see _warn_moved_series).
+        _warn_moved_series(rec, known.study_instance_uid)
+        series_pk, study_pk, patient_pk = known.id, known.study_pk, known.patient_pk
+        study_uid = known.study_instance_uid
+        new_patient = new_study = new_series = False
+    else:
+        patient_pk, new_patient = _get_or_create(
+            conn, Level.PATIENT, patients.c.patient_key, patient_key(v), v,
+            {"patient_key": patient_key(v), "character_set": rec.character_set},
+        )
+        study_uid = str(v["StudyInstanceUID"])
+        study_pk, new_study = _get_or_create(
+            conn, Level.STUDY, studies.c.study_instance_uid, study_uid, v,
+            {"patient_pk": patient_pk, "character_set": rec.character_set, "updated_at": now,
+             "modalities_in_study": "", "num_series": 0, "num_instances": 0},
+        )
+        if not new_study:
+            # The study may have been filed under another patient by an earlier
+            # instance (e.g. corrected demographics): keep the study's patient.
+            patient_pk = conn.execute(select(studies.c.patient_pk)
+                                      .where(studies.c.id == study_pk)).scalar_one()
+        series_pk, new_series = _get_or_create(
+            conn, Level.SERIES, series.c.series_instance_uid, series_uid, v,
+            {"study_pk": study_pk, "num_instances": 0},
+        )
     row = _row_values(Level.IMAGE, v)
     row.update(series_pk=series_pk, file_path=rec.file_path, in_place=rec.in_place,
                file_size=rec.file_size, checksum=rec.checksum, received_at=now, origin=rec.origin)
@@ -481,21 +493,17 @@ _SEL_SERIES_CHAIN = (select(series.c.series_instance_uid, series.c.id, series.c.
 
 
 def _known_series_chain(conn: Connection, recs: list[InstanceRecord], fresh: list[int],
-                        series_uids: list[str]) -> dict[str, tuple[int, int, int]] | None:
-    """series UID -> (series pk, study pk, patient pk) when EVERY series is
-    already indexed under the study its records name; None otherwise (the
-    general path resolves, and creates, patients, studies and series)."""
+                        series_uids: list[str]) -> dict[str, tuple[int, int, int, str]] | None:
+    """series UID -> (series pk, study pk, patient pk, study UID) when EVERY series is
+    already indexed (a known series keeps its study and patient); None
+    otherwise (the general path resolves, and creates, what is new)."""
     if len(series_uids) > 500:
         return None
     found = {u: (se, st, pa, st_uid) for u, se, st, pa, st_uid
              in conn.execute(_SEL_SERIES_CHAIN, {"uids": series_uids})}
     if len(found) != len(series_uids):
         return None
-    for i in fresh:
-        v = recs[i].values
-        if found[str(v["SeriesInstanceUID"])][3] != str(v["StudyInstanceUID"]):
-            return None
-    return {u: c[:3] for u, c in found.items()}
+    return _chain_from(found, recs, fresh, series_uids)
 
 
 #: Batches up to this size are probed with one statement of plain parameters
@@ -545,15 +553,24 @@ def _one(params: list[dict]) -> list[dict] | dict:
 
 
 def _chain_from(found: dict[str, tuple[int, int, int, str]], recs: list[InstanceRecord],
-                fresh: list[int], series_uids) -> dict[str, tuple[int, int, int]] | None:
+                fresh: list[int], series_uids) -> dict[str, tuple[int, int, int, str]] | None:
     """:func:`_known_series_chain` from a probe's rows."""
     if any(u not in found for u in series_uids):
         return None
     for i in fresh:
-        v = recs[i].values
-        if found[str(v["SeriesInstanceUID"])][3] != str(v["StudyInstanceUID"]):
-            return None
-    return {u: found[u][:3] for u in series_uids}
+        _warn_moved_series(recs[i], found[str(recs[i].values["SeriesInstanceUID"])][3])
+    return {u: found[u] for u in series_uids}
+
+
+def _warn_moved_series(rec: InstanceRecord, filed_study_uid: str) -> None:
+    """A known series keeps its study (a Series Instance UID belongs to one
+    study): an instance that names another study is filed under the series'
+    study, and the log says so."""
+    named = str(rec.values["StudyInstanceUID"])
+    if named != filed_study_uid:
+        log.warning("instance %s names study %s, but its series %s is filed under study %s: "
+                    "filed there", rec.values.get("SOPInstanceUID"), named,
+                    rec.values.get("SeriesInstanceUID"), filed_study_uid)
 
 
 def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool = False) -> list[AddResult]:
@@ -623,10 +640,23 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
         new_patients: set[str] = set()
         new_studies: set[str] = set()
         new_series: set[str] = set()
+        filed = {u: c[3] for u, c in known_chain.items()}
     else:
+        # Series already indexed keep their study and patient; patients,
+        # studies and series are resolved (and created) for the others only.
+        chain: dict[str, tuple[int, int, int, str]] = {}
+        for chunk in _chunks(list(sekeys), 500):
+            for u, se, st, pa, st_uid in conn.execute(_SEL_SERIES_CHAIN, {"uids": chunk}):
+                chain[u] = (se, st, pa, st_uid)
+        for i in fresh:
+            c = chain.get(str(recs[i].values["SeriesInstanceUID"]))
+            if c is not None:
+                _warn_moved_series(recs[i], c[3])
+        creating = [i for i in fresh if str(recs[i].values["SeriesInstanceUID"]) not in chain]
+        filed = {u: c[3] for u, c in chain.items()}
         # Patients
         pkeys: dict[str, int] = {}
-        for i in fresh:
+        for i in creating:
             pkeys.setdefault(patient_key(recs[i].values), i)
 
         def patient_row(i):
@@ -638,7 +668,7 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
 
         # Studies (an existing study keeps the patient it was filed under)
         skeys: dict[str, int] = {}
-        for i in fresh:
+        for i in creating:
             skeys.setdefault(str(recs[i].values["StudyInstanceUID"]), i)
 
         def study_row(i):
@@ -649,7 +679,6 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
             return row
 
         study_pks, new_studies = resolve(studies, studies.c.study_instance_uid, skeys, study_row)
-        study_patient = dict(conn.execute(_SEL_STUDY_PATIENT, {"pks": list(study_pks.values())}).all())
 
         # Series
         def series_row(i):
@@ -657,8 +686,12 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
             row.update(study_pk=study_pks[str(recs[i].values["StudyInstanceUID"])], num_instances=0)
             return row
 
-        series_pks, new_series = resolve(series, series.c.series_instance_uid, sekeys, series_row)
+        new_sekeys = {u: i for u, i in sekeys.items() if u not in chain}
+        series_pks, new_series = resolve(series, series.c.series_instance_uid, new_sekeys, series_row)
+        series_pks.update({u: c[0] for u, c in chain.items()})
         series_study = dict(conn.execute(_SEL_SERIES_STUDY, {"pks": list(series_pks.values())}).all())
+        study_patient = dict(conn.execute(_SEL_STUDY_PATIENT,
+                                          {"pks": list(set(series_study.values()))}).all())
 
     # Instances, one multi-row INSERT
     rows = []
@@ -713,7 +746,8 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
     flagged_se: set[str] = set()
     for i in fresh:
         v = recs[i].values
-        pk_, st, se = patient_key(v), str(v["StudyInstanceUID"]), str(v["SeriesInstanceUID"])
+        se = str(v["SeriesInstanceUID"])
+        pk_, st = patient_key(v), filed.get(se) or str(v["StudyInstanceUID"])
         np_ = pk_ in new_patients and pk_ not in flagged_p
         nst = st in new_studies and st not in flagged_st
         nse = se in new_series and se not in flagged_se

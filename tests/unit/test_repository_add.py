@@ -123,3 +123,31 @@ def test_probe_statements_compile_for_postgresql():
             sql = str(repo._probe_stmt(n_sops, n_series).compile(dialect=postgresql.dialect()))
             assert sql.count("%(so") == n_sops and sql.count("%(se") == n_series
             assert "UNION ALL" in sql
+
+
+@pytest.mark.parametrize("path", ["single", "bulk-1", "bulk-mixed"])
+def test_a_known_series_keeps_its_study_when_an_instance_names_another(conns, path, caplog):
+    """Series 1.2.3.0 is filed under study 1.2.0; a later instance of that
+    series claims study 1.2.9.  It is filed under 1.2.0 (a series belongs to one
+    study), no empty study 1.2.9 appears, every count stays equal to the rows
+    under it, and the log says what happened."""
+    conn = conns[0]
+    repo.add_instances(conn, [rec(1, series=0, study=0)])
+    stray = rec(2, series=0, study=9)
+    with caplog.at_level("WARNING", logger="osirix_py.db.repository"):
+        if path == "single":
+            res = [repo.add_instance(conn, stray)]
+        elif path == "bulk-1":
+            res = repo.add_instances(conn, [stray])
+        else:  # with a record of a new series: the general path
+            res = repo.add_instances(conn, [stray, rec(1, series=5, study=7)])
+    assert res[0].status == "stored" and res[0].study_uid == "1.2.0"
+    assert "filed there" in caplog.text
+    studies = {r["StudyInstanceUID"]: r for r in repo.find(conn, Level.STUDY)}
+    assert "1.2.9" not in studies
+    assert studies["1.2.0"]["NumberOfStudyRelatedInstances"] == 2
+    assert studies["1.2.0"]["NumberOfStudyRelatedSeries"] == 1
+    for uid, row in studies.items():
+        n = len(repo.find(conn, Level.IMAGE, {"StudyInstanceUID": uid}))
+        assert row["NumberOfStudyRelatedInstances"] == n
+    conn.rollback()
