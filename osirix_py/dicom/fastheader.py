@@ -59,8 +59,10 @@ DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 #: pydicom's ``stop_before_pixels`` stops at (7FE0,0008) Float, (7FE0,0009)
 #: Double Float and (7FE0,0010) Pixel Data.
 _STOP = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
+#: Item, item delimitation and sequence delimitation tags; the undefined length.
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END, _UNDEFINED = ITEM, ITEM_END, SEQ_END, UNDEFINED_LENGTH
 _CHARSET_TAG = 0x00080005
 
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
@@ -238,23 +240,8 @@ def _walk_top(buf, pos: int, n: int, implicit: bool) -> dict[int, tuple[bytes, b
     wanted = _WANTED
     stop = _STOP
     raw: dict[int, tuple[bytes, bytes]] = {}
-    long_vrs, short_vrs = LONG_VRS, SHORT_VRS
-    explicit_, implicit_, u32 = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from, _U32.unpack_from
     while pos + 8 <= n:  # fewer than 8 bytes left: pydicom ends the dataset there
-        if implicit:
-            group, elem, length = implicit_(buf, pos)
-            vr = None
-            vpos = pos + 8
-        else:
-            group, elem, vr, length = explicit_(buf, pos)
-            if vr in long_vrs:
-                if pos + 12 > n:
-                    raise _Bad("truncated element header")
-                length, vpos = u32(buf, pos + 8)[0], pos + 12
-            elif vr in short_vrs:
-                vpos = pos + 8
-            else:
-                raise _Bad("unknown VR")
+        group, elem, vr, length, vpos = _element_header(buf, pos, n, implicit)
         tag = (group << 16) | elem
         if tag in stop:
             break
@@ -328,11 +315,26 @@ def _skip_sequence(buf, pos: int, n: int, implicit: bool, depth: int) -> int:
             pos = end
 
 
+def _element_header(buf, pos: int, n: int, implicit: bool):
+    """(group, element, VR or None, value length, value position) of the element
+    at *pos* (the caller has checked that 8 bytes are there)."""
+    if implicit:
+        group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+        return group, elem, None, length, pos + 8
+    group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
+    if vr in LONG_VRS:
+        if pos + 12 > n:
+            raise _Bad("truncated element header")
+        return group, elem, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
+    if vr in SHORT_VRS:
+        return group, elem, vr, length, pos + 8
+    raise _Bad("unknown VR")
+
+
 def _skip_elements(buf, pos: int, end: int | None, n: int, implicit: bool, depth: int) -> int:
     """Walk the elements of an item from *pos*: to *end* (defined length) or to its
     (FFFE,E00D) delimiter (undefined length, ``end`` None); the position reached."""
-    explicit_, implicit_, u32 = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from, _U32.unpack_from
-    long_vrs, short_vrs = LONG_VRS, SHORT_VRS
+    u32 = _U32.unpack_from
     while end is None or pos < end:
         if pos + 8 > n:
             raise _Bad("truncated item")
@@ -341,20 +343,7 @@ def _skip_elements(buf, pos: int, end: int | None, n: int, implicit: bool, depth
             if elem == 0xE00D and end is None and u32(buf, pos + 4)[0] == 0:
                 return pos + 8
             raise _Bad("unexpected delimiter in an item")
-        if implicit:
-            length = implicit_(buf, pos)[2]
-            vr = None
-            vpos = pos + 8
-        else:
-            vr, length = explicit_(buf, pos)[2:]
-            if vr in long_vrs:
-                if pos + 12 > n:
-                    raise _Bad("truncated element header")
-                length, vpos = u32(buf, pos + 8)[0], pos + 12
-            elif vr in short_vrs:
-                vpos = pos + 8
-            else:
-                raise _Bad("unknown VR")
+        _, _, vr, length, vpos = _element_header(buf, pos, n, implicit)
         if length == _UNDEFINED:
             pos = _undefined(buf, (group << 16) | elem, vr, vpos, n, implicit, depth)
         else:

@@ -35,6 +35,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from .fastheader import ITEM, ITEM_END, LONG_VRS, SEQ_END, SHORT_VRS, UNDEFINED_LENGTH
+
 #: Transfer syntaxes read here: Implicit VR LE, Explicit VR LE.
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -54,14 +56,10 @@ DISPLAY_TAGS = frozenset({0x00080005, 0x00080060, 0x00181164, 0x20500020, 0x0054
 _UNSUPPORTED = frozenset({0x52009229, 0x52009230, 0x7FE00008, 0x7FE00009})
 
 _PIXEL_DATA = 0x7FE00010
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-#: Explicit VRs with a 2-byte reserved field and a 4-byte length.
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
-_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
-                        b"US"})
+_ITEM, _ITEM_END, _SEQ_END = ITEM, ITEM_END, SEQ_END
+_UNDEFINED = UNDEFINED_LENGTH
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length, and with a 2-byte length.
+_LONG_VRS, _SHORT_VRS = LONG_VRS, SHORT_VRS
 #: Nesting deeper than this is refused (a malformed or hostile file).
 _MAX_DEPTH = 16
 
@@ -180,13 +178,17 @@ class QuickHeader:
             raise ValueError("not one plain value")
         return text or default
 
-    def floats(self, tag: int) -> list[float] | None:
-        """The numbers of a DS value (``None`` when absent or empty)."""
+    def _number_text(self, tag: int) -> str | None:
+        """The text of a DS/IS value, trimmed (``None`` when absent or empty)."""
         v = self.values.get(tag)
         if not v:
             return None
-        text = v.decode("ascii").strip().rstrip("\x00 ")
-        if not text:
+        return v.decode("ascii").strip().rstrip("\x00 ") or None
+
+    def floats(self, tag: int) -> list[float] | None:
+        """The numbers of a DS value (``None`` when absent or empty)."""
+        text = self._number_text(tag)
+        if text is None:
             return None
         out = [float(x) for x in text.split("\\")]
         if not all(math.isfinite(x) for x in out):
@@ -195,11 +197,8 @@ class QuickHeader:
 
     def integer(self, tag: int) -> int | None:
         """An IS value (``None`` when absent or empty)."""
-        v = self.values.get(tag)
-        if not v:
-            return None
-        text = v.decode("ascii").strip().rstrip("\x00 ")
-        if not text:
+        text = self._number_text(tag)
+        if text is None:
             return None
         if not (text[1:] if text[0] in "+-" else text).isdigit():
             raise ValueError("not a plain integer")
@@ -310,31 +309,11 @@ def _items_end(read8, pos: int, size: int) -> bool:
 
 def _header(ts: str, implicit: bool, offset: int, length: int | None, size: int,
             values: dict[int, bytes]) -> QuickHeader | None:
-    rows, cols = _us(values, 0x00280010), _us(values, 0x00280011)
-    bits = _us(values, 0x00280100)
-    stored = _us(values, 0x00280101, bits)
-    spp = _us(values, 0x00280002, 1)
-    rep = _us(values, 0x00280103, 0)
-    if not rows or not cols or bits not in (8, 16) or spp != 1 or rep not in (0, 1):
+    layout = _layout(values, offset, length, size)
+    if layout is None:
         return None
-    if stored is None or not 1 <= stored <= bits:
-        return None
+    rows, cols, bits, stored, rep, frames, pi = layout
     high = _us(values, 0x00280102, stored - 1)
-    pi = _cs(values, 0x00280004) or "MONOCHROME2"
-    if pi not in ("MONOCHROME1", "MONOCHROME2"):
-        return None
-    frames = 1
-    raw_frames = values.get(0x00280008)
-    if raw_frames:
-        text = raw_frames.decode("ascii").strip("\x00 ")
-        if text:
-            if not text.isdigit():
-                return None  # "2.0", signs, several values: let pydicom judge
-            frames = max(int(text), 1)
-    if length is not None:
-        frame_bytes = rows * cols * (bits // 8)
-        if length < frames * frame_bytes or offset + frames * frame_bytes > size:
-            return None
     return QuickHeader(ts, implicit, rows, cols, bits, stored, high, rep == 1, frames, pi,
                        offset, length, size, values)
 
@@ -531,7 +510,11 @@ def _cs(values: dict[int, bytes], tag: int) -> str:
     return v.decode("ascii").strip("\x00 ").upper() if v else ""
 
 
-def _image(ts: str, offset: int, length: int, n: int, elements, values) -> NativeImage | None:
+def _layout(values: dict[int, bytes], offset: int, length: int | None, size: int):
+    """(rows, columns, bits allocated, bits stored, pixel representation, frames,
+    photometric interpretation) of a greyscale image the quick paths read, or
+    None (colour, odd sizes, a frame count pydicom must judge, pixel data
+    shorter than its frames; *length* None: not checked)."""
     rows, cols = _us(values, 0x00280010), _us(values, 0x00280011)
     bits = _us(values, 0x00280100)
     stored = _us(values, 0x00280101, bits)
@@ -552,8 +535,17 @@ def _image(ts: str, offset: int, length: int, n: int, elements, values) -> Nativ
             if not text.isdigit():
                 return None  # "2.0", signs, several values: let pydicom judge
             frames = max(int(text), 1)
-    frame_bytes = rows * cols * (bits // 8)
-    if length < frames * frame_bytes or offset + frames * frame_bytes > n:
+    if length is not None:
+        frame_bytes = rows * cols * (bits // 8)
+        if length < frames * frame_bytes or offset + frames * frame_bytes > size:
+            return None
+    return rows, cols, bits, stored, rep, frames, pi
+
+
+def _image(ts: str, offset: int, length: int, n: int, elements, values) -> NativeImage | None:
+    layout = _layout(values, offset, length, n)
+    if layout is None:
         return None
+    rows, cols, bits, stored, rep, frames, pi = layout
     return NativeImage(ts, rows, cols, bits, stored, rep == 1, frames, pi, offset, length,
                        tuple(elements))
