@@ -626,7 +626,7 @@ class Handlers:
         log.error("retrieve: cannot list the matches: %s", exc, exc_info=exc)
         return st.OUT_OF_RESOURCES_MATCHES, f"cannot calculate matches: {exc.__class__.__name__}"
 
-    def _load(self, row: dict, accepted: list) -> Dataset:
+    def _load(self, row: dict, accepted: list, offered_by_class: dict | None = None) -> Dataset:
         """The instance of *row* as a data set the peer can receive.
 
         Sent in its stored transfer syntax when the peer accepted it for its
@@ -638,8 +638,14 @@ class Handlers:
         SOP Instance UID List.
         """
         sop_class = str(row.get("SOPClassUID") or "")
-        offered = {UID(str(cx.transfer_syntax[0])) for cx in accepted
-                   if cx.abstract_syntax == sop_class and cx.as_scu}
+        # (The accepted syntaxes per SOP class, once per retrieve: up to 128
+        # contexts, each UID validated by pydicom when wrapped.)
+        offered = offered_by_class.get(sop_class) if offered_by_class is not None else None
+        if offered is None:
+            offered = {UID(str(cx.transfer_syntax[0])) for cx in accepted
+                       if cx.abstract_syntax == sop_class and cx.as_scu}
+            if offered_by_class is not None:
+                offered_by_class[sop_class] = offered
         try:
             data = self.archive.read_instance(row)
             if self.fast_send:
@@ -767,9 +773,10 @@ class Handlers:
         yield from self._suboperations(event, rows, accepted, "C-GET", peer)
 
     def _suboperations(self, event, rows: list[dict], accepted: list, op: str, peer: str):
+        offered_by_class: dict = {}
         for i, row in enumerate(rows):
             if event.is_cancelled:
                 log.info("%s from %s cancelled after %d of %d instance(s)", op, peer, i, len(rows))
                 yield st.CANCEL, None
                 return
-            yield st.PENDING, self._load(row, accepted)
+            yield st.PENDING, self._load(row, accepted, offered_by_class)
