@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -233,8 +234,17 @@ def test_in_place_import_indexes_without_copying(archive, sample_dir, tmp_path):
     assert Path(row["_file_path"]).exists()  # originals are never deleted
 
 
-def test_cancel_stops_an_import(archive, sample_dir):
+def test_cancel_stops_an_import(archive, sample_dir, monkeypatch):
     cancel = threading.Event()
+    # A slow disk (20 ms a file), so that the import is still running when the
+    # user sees the first progress reports (at most ~20 a second) and cancels.
+    original = archive.submit_bytes
+
+    def slow_submit(*args, **kwargs):
+        time.sleep(0.02)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "submit_bytes", slow_submit)
 
     def progress(rep):
         if rep.done >= 2:
