@@ -27,13 +27,21 @@ Everything here produces exactly the bytes pynetdicom would send, cheaper:
   instances without pynetdicom's per-message reactor pause handshake (~1 ms).
 * :func:`raw_pdata` -- a whole message's P-DATA-TF PDUs, encoded at once and
   written by the DUL with one ``send`` (instead of one reactor cycle per PDU).
+  The whole message is built in memory (one more copy of the data set, at
+  most for the time of the send).
+* :func:`install_fast_pdata` / :func:`receive_pdvs` / :func:`decode_command`
+  -- the receiving side: a received P-DATA-TF PDU goes straight to the DIMSE
+  layer, and the common DIMSE-C messages are assembled and their command sets
+  decoded without pydicom (the same primitives pynetdicom builds).
+* :class:`ContextList` -- presentation contexts copied cheaply per association.
 * :func:`install_reactor_wakeup` -- an accepted association's reactor wakes
   when a DIMSE message arrives instead of at its next 1 ms tick.
 
 The hooks wrap pynetdicom 3.0 internals (``association.encode``,
-``DIMSEServiceProvider.send_msg``, the reactor's ``time.sleep``); each falls
-back to pynetdicom's own code for anything it does not recognise, and
-``Handlers(fast_paths=False)`` turns the listener's uses off.
+``DIMSEServiceProvider.send_msg``, ``fsm.P_DATA_TF``, the DUL's
+``_read_pdu_data``, the reactor's ``time.sleep``); each falls back to
+pynetdicom's own code for anything it does not recognise, and
+``Handlers(fast_paths=False)`` turns the listener's send/find uses off.
 """
 
 from __future__ import annotations
