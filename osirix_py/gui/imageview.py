@@ -72,6 +72,35 @@ _UNSIGNED_VIEW = {np.dtype(np.int16): np.uint16, np.dtype(np.uint16): np.uint16,
                   np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.uint8}
 
 
+#: Zoom factor per wheel notch (Ctrl+wheel) in every image view.
+WHEEL_ZOOM = 1.15
+
+
+def init_image_widget(view: QWidget, object_name: str, minimum: int) -> None:
+    """The widget settings every image view shares: its object name (tests and
+    style sheets find it by that), mouse tracking for the cursor read-out,
+    keyboard focus, growing with its layout, and an opaque paint."""
+    view.setObjectName(object_name)
+    view.setMouseTracking(True)
+    view.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+    view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+    view.setMinimumSize(minimum, minimum)
+    view.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+
+
+def wheel_zoom_or_step(view, e) -> None:
+    """Ctrl+wheel zooms *view* about the cursor; the wheel alone steps through
+    its slices (``view.step(+-1)``)."""
+    dy = e.angleDelta().y()
+    if dy == 0:
+        return
+    if e.modifiers() & Qt.KeyboardModifier.ControlModifier:
+        view.set_zoom(view.zoom * (WHEEL_ZOOM ** (dy / 120.0)), around=e.position())
+    else:
+        view.step(-1 if dy > 0 else 1)
+    e.accept()
+
+
 def zoom_about(view, zoom: float, around: QPointF | None = None) -> None:
     """Set ``view.zoom`` keeping the image point under *around* (widget coordinates) in place.
 
@@ -99,12 +128,7 @@ class ImageView(QWidget):
     def __init__(self, ctx, parent: QWidget | None = None):
         super().__init__(parent)
         self.ctx = ctx
-        self.setObjectName("imageView")
-        self.setMouseTracking(True)
-        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(160, 160)
-        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        init_image_widget(self, "imageView", 160)
         self.stack: SeriesStack | None = None
         self.index = 0
         self.window: Window | None = None
@@ -938,14 +962,7 @@ class ImageView(QWidget):
         super().leaveEvent(e)
 
     def wheelEvent(self, e):  # noqa: N802
-        dy = e.angleDelta().y()
-        if dy == 0:
-            return
-        if e.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            self.set_zoom(self.zoom * (1.15 ** (dy / 120.0)), around=e.position())
-        else:
-            self.step(-1 if dy > 0 else 1)
-        e.accept()
+        wheel_zoom_or_step(self, e)
 
     # -- drafts ----------------------------------------------------------------
     def _draft_points(self) -> list:

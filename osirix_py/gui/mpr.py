@@ -35,7 +35,7 @@ from ..dicom.geometry import ImagePlane, direction_letters
 from ..dicom.pixels import Window, apply_window
 from ..imaging.reslice import axial_plane, coronal_plane, reslice, sagittal_plane
 from ..imaging.volume import Volume, VolumeError, load_volumes
-from .imageview import MAX_ZOOM, MIN_ZOOM, zoom_about
+from .imageview import MAX_ZOOM, MIN_ZOOM, init_image_widget, wheel_zoom_or_step, zoom_about
 from .qimage import wrap_qimage
 
 log = logging.getLogger(__name__)
@@ -255,12 +255,7 @@ class MprView(QWidget):
         super().__init__(parent)
         self.model = model
         self.name = name
-        self.setObjectName(f"mprView_{name}")
-        self.setMouseTracking(True)
-        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(120, 120)
-        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        init_image_widget(self, f"mprView_{name}", 120)
         self.zoom = 1.0  # screen pixels per mm
         self.pan = QPointF(0, 0)
         self.fit_mode = True
@@ -612,14 +607,7 @@ class MprView(QWidget):
         super().leaveEvent(e)
 
     def wheelEvent(self, e):  # noqa: N802
-        dy = e.angleDelta().y()
-        if dy == 0:
-            return
-        if e.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            self.set_zoom(self.zoom * (1.15 ** (dy / 120.0)), around=e.position())
-        else:
-            self.step(-1 if dy > 0 else 1)
-        e.accept()
+        wheel_zoom_or_step(self, e)
 
     def step(self, delta: int) -> None:
         self.model.move(self.name, delta)

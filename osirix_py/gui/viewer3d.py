@@ -60,7 +60,8 @@ from PySide6.QtWidgets import (
 from ..dicom.geometry import direction_letters
 from ..dicom.pixels import Window, apply_window
 from ..imaging.volume import Volume
-from .imageview import MAX_ZOOM, MIN_ZOOM, wl_sensitivity, zoom_about
+from .imageview import (MAX_ZOOM, MIN_ZOOM, WHEEL_ZOOM, init_image_widget, wl_sensitivity,
+                        zoom_about)
 from .mpr import COLORS as MPR_COLORS
 from .mpr import TITLES as MPR_TITLES
 from .notify import WARNING, is_server_mode, notify
@@ -113,12 +114,7 @@ class MprPanel(QWidget):
         super().__init__(parent)
         self.engine = engine
         self.name = name
-        self.setObjectName(f"mpr_{name}")
-        self.setMouseTracking(True)
-        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(160, 160)
-        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        init_image_widget(self, f"mpr_{name}", 160)
         self.window = window
         self.zoom = 1.0
         self.pan = QPointF(0, 0)
@@ -378,7 +374,7 @@ class MprPanel(QWidget):
     def wheelEvent(self, e):  # noqa: N802
         steps = e.angleDelta().y() / 120.0
         if e.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            self.set_zoom(self.zoom * (1.15 ** steps), e.position())
+            self.set_zoom(self.zoom * (WHEEL_ZOOM ** steps), e.position())
         else:
             n = self.engine.normal(self.name)
             self.engine.set_crosshair(self.engine.crosshair - steps * self.engine.pixel_spacing * n)
