@@ -74,6 +74,20 @@ def test_success_only_after_the_sync_that_covers_file_and_row(runtime, scu):
     assert archive.count("instance", {"SOPInstanceUID": ds.SOPInstanceUID}) == 1
 
 
+def _c_get_series(runtime, scu, series, syntax: str, on_store) -> list[int]:
+    """C-GET *series* from the listener, accepting CT images in *syntax* only;
+    the statuses of the responses."""
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = series[0].StudyInstanceUID
+    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
+            build_context(CTImageStorage, [syntax])]
+    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
+             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        return [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+
+
 def test_c_get_sends_the_stored_bytes(runtime, scu):
     series = _ct(4, patient_id="GETBYTES")
     with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
@@ -87,15 +101,7 @@ def test_c_get_sends_the_stored_bytes(runtime, scu):
             received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
         return 0x0000
 
-    ident = Dataset()
-    ident.QueryRetrieveLevel = "SERIES"
-    ident.StudyInstanceUID = series[0].StudyInstanceUID
-    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
-    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
-            build_context(CTImageStorage, [ImplicitVRLittleEndian])]
-    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
-             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-        statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    statuses = _c_get_series(runtime, scu, series, ImplicitVRLittleEndian, on_store)
     assert statuses[-1] == st.SUCCESS
     assert len(received) == 4
     for uid, data_set in received.items():
@@ -114,15 +120,7 @@ def test_c_get_converts_when_the_peer_takes_only_the_other_little_endian(runtime
         got.append(event.dataset)
         return 0x0000
 
-    ident = Dataset()
-    ident.QueryRetrieveLevel = "SERIES"
-    ident.StudyInstanceUID = series[0].StudyInstanceUID
-    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
-    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
-            build_context(CTImageStorage, [ExplicitVRLittleEndian])]
-    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
-             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-        statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    statuses = _c_get_series(runtime, scu, series, ExplicitVRLittleEndian, on_store)
     assert statuses[-1] == st.SUCCESS
     assert sorted(d.SOPInstanceUID for d in got) == sorted(d.SOPInstanceUID for d in series)
     assert all(d.PixelData == series[0].PixelData or d.PixelData == series[1].PixelData for d in got)
