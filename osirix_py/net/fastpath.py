@@ -996,7 +996,6 @@ def install_fast_pdata(dul) -> bool:
     import logging
 
     from pynetdicom import evt
-    from pynetdicom.pdu_primitives import P_DATA
 
     log = logging.getLogger("pynetdicom.dul")
     assoc = dul.assoc
@@ -1062,7 +1061,37 @@ def install_fast_pdata(dul) -> bool:
 _REACTOR_WAKE: dict[int, threading.Event] = {}
 
 
-class _ReactorTime:
+class TimeModule:
+    """Base of the stand-ins for the ``time`` module inside a pynetdicom module:
+    every name is the real ``time`` module's except what a subclass defines
+    (its ``sleep``)."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+def replace_time(module, shim: type) -> None:
+    """Give *module* (``pynetdicom.association``, ``pynetdicom.dul``) an instance
+    of *shim* as its ``time`` (once per process)."""
+    with _hook_lock:
+        if not isinstance(module.time, shim):
+            module.time = shim()
+
+
+def move_queue(old: queue.Queue, new: queue.Queue) -> bool:
+    """Move what *old* holds into *new*, in order (True if anything was there):
+    for swapping a pynetdicom queue for one that wakes its reader."""
+    with old.mutex:
+        pending = list(old.queue)
+        old.queue.clear()
+    for item in pending:
+        queue.Queue.put(new, item)
+    return bool(pending)
+
+
+class _ReactorTime(TimeModule):
     """Stands in for the ``time`` module inside ``pynetdicom.association``.
 
     The association reactor loop starts each tick with ``time.sleep(0.001)``
@@ -1072,11 +1101,6 @@ class _ReactorTime:
     ends as soon as a message is queued; every other call is the real
     ``time`` function.
     """
-
-    def __getattr__(self, name):
-        import time
-
-        return getattr(time, name)
 
     @staticmethod
     def sleep(secs: float) -> None:
@@ -1109,17 +1133,10 @@ def install_reactor_wakeup(assoc) -> bool:
     dimse = getattr(assoc, "dimse", None)
     if dimse is None or not hasattr(dimse, "msg_queue"):
         return False
-    with _hook_lock:
-        if not isinstance(pa.time, _ReactorTime):
-            pa.time = _ReactorTime()  # type: ignore[assignment]
+    replace_time(pa, _ReactorTime)
     ev = threading.Event()
-    old = dimse.msg_queue
     new = _WakingMsgQueue(ev)
-    with old.mutex:
-        pending = list(old.queue)
-        old.queue.clear()
-    for item in pending:
-        queue.Queue.put(new, item)
+    pending = move_queue(dimse.msg_queue, new)
     dimse.msg_queue = new
     tid = threading.get_ident()
     _REACTOR_WAKE[tid] = ev

@@ -30,7 +30,7 @@ import socket
 
 from pynetdicom import evt
 
-from .fastpath import install_fast_pdata
+from .fastpath import TimeModule, install_fast_pdata, move_queue, replace_time
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _make_waiting_socket_class(base):
 _WAITING_CLASSES: dict[type, type] = {}
 
 
-class _DulTime:
+class _DulTime(TimeModule):
     """Stands in for the ``time`` module inside ``pynetdicom.dul``.
 
     The DUL reactor calls ``time.sleep(self._run_loop_delay)`` at the top of
@@ -163,24 +163,12 @@ class _DulTime:
     returns at once; every other use is the real ``time`` module.
     """
 
-    def __getattr__(self, name):
-        import time
-
-        return getattr(time, name)
-
     @staticmethod
     def sleep(secs: float) -> None:
         if secs > 0:
             import time
 
             time.sleep(secs)
-
-
-def _install_dul_time() -> None:
-    import pynetdicom.dul as dul_module
-
-    if not isinstance(dul_module.time, _DulTime):
-        dul_module.time = _DulTime()  # type: ignore[assignment]
 
 
 def install_dul_wakeup(assoc) -> bool:
@@ -209,20 +197,17 @@ def install_dul_wakeup(assoc) -> bool:
     cls = _WAITING_CLASSES.get(base)
     if cls is None:
         cls = _WAITING_CLASSES[base] = _make_waiting_socket_class(base)
-    old = dul.to_provider_queue
     new = _WakeQueue(w)
-    with old.mutex:
-        pending = list(old.queue)
-        old.queue.clear()
-    for item in pending:
-        queue.Queue.put(new, item)
+    pending = move_queue(dul.to_provider_queue, new)
     wrapper._osx_wake_r = r
     wrapper._osx_wake_w = w
     wrapper.__class__ = cls
     dul.to_provider_queue = new
     # The select above paces an idle loop now; no extra sleep per idle loop.
     dul._run_loop_delay = 0
-    _install_dul_time()
+    import pynetdicom.dul as dul_module
+
+    replace_time(dul_module, _DulTime)
     # Received P-DATA goes straight to the DIMSE layer (see fastpath).
     install_fast_pdata(dul)
     if pending:
