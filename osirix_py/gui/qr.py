@@ -61,7 +61,7 @@ from ..dicom.tags import Level, find_attribute
 from .browser_model import format_value
 from .jobs import Job
 from .notify import WARNING, is_server_mode, notify
-from .search import DATE_SHORTCUTS, MODALITIES, _contains, date_range
+from .search import DATE_SHORTCUTS, MODALITIES, _contains, selected_dates
 
 log = logging.getLogger(__name__)
 
@@ -772,11 +772,7 @@ class QueryRetrieveWindow(QMainWindow):
                        ("AccessionNumber", self.accession), ("StudyDescription", self.description)):
             if v := _contains(w.text()):
                 q[key] = v
-        shortcut = self.date.currentText()
-        rng = date_range(shortcut)
-        if shortcut == "Range...":
-            a, b = self.date_from.date().toPython(), self.date_to.date().toPython()
-            rng = (min(a, b), max(a, b))
+        rng = selected_dates(self.date, self.date_from, self.date_to)
         if rng is not None:
             q["StudyDate"] = f"{rng[0]:%Y%m%d}" if rng[0] == rng[1] else f"{rng[0]:%Y%m%d}-{rng[1]:%Y%m%d}"
         mod = self.modality.currentText().strip().upper()

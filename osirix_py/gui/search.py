@@ -23,6 +23,16 @@ DATE_SHORTCUTS = ("All dates", "Today", "Yesterday", "Last week", "Last month", 
 MODALITIES = ("", "CT", "MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT", "SR", "SEG", "RTSTRUCT")
 
 
+def selected_dates(shortcut_box, date_from, date_to):
+    """The (first, last) day a date shortcut box and its "Range..." editors
+    select, or None for any date."""
+    shortcut = shortcut_box.currentText()
+    if shortcut == "Range...":
+        a, b = date_from.date().toPython(), date_to.date().toPython()
+        return (min(a, b), max(a, b))
+    return date_range(shortcut)
+
+
 def date_range(shortcut: str, today: _dt.date | None = None) -> tuple[_dt.date, _dt.date] | None:
     """The (first, last) dates of a shortcut; ``None`` for all dates or a custom range."""
     t = today or _dt.date.today()
@@ -120,11 +130,7 @@ class SearchBar(QWidget):
             q["PatientID"] = v
         if v := _contains(self.accession.text()):
             q["AccessionNumber"] = v
-        shortcut = self.date.currentText()
-        rng = date_range(shortcut)
-        if shortcut == "Range...":
-            a, b = self.date_from.date().toPython(), self.date_to.date().toPython()
-            rng = (min(a, b), max(a, b))
+        rng = selected_dates(self.date, self.date_from, self.date_to)
         if rng is not None:
             q["StudyDate"] = f"{rng[0]:%Y%m%d}-{rng[1]:%Y%m%d}"
         mod = self.modality.currentText().strip().upper()
