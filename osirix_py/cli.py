@@ -443,14 +443,20 @@ def cmd_config(args, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_nodes(args, settings: Settings) -> int:
+def _open_db(settings: Settings):
+    """The database of *settings* (a CliError saying why when it cannot be opened)."""
     from .db.engine import DatabaseError, open_database
-    from .services.nodes import Node, NodeError, NodeRepository
 
     try:
-        db = open_database(settings.effective_database_url)
+        return open_database(settings.effective_database_url)
     except DatabaseError as exc:
         raise CliError(str(exc)) from None
+
+
+def cmd_nodes(args, settings: Settings) -> int:
+    from .services.nodes import Node, NodeError, NodeRepository
+
+    db = _open_db(settings)
     repo = NodeRepository(db)
     try:
         if settings.nodes:
@@ -503,13 +509,9 @@ def _read_password(args, name: str) -> str:
 
 
 def cmd_users(args, settings: Settings) -> int:
-    from .db.engine import DatabaseError, open_database
     from .web.users import UserError, UserStore
 
-    try:
-        db = open_database(settings.effective_database_url)
-    except DatabaseError as exc:
-        raise CliError(str(exc)) from None
+    db = _open_db(settings)
     store = UserStore(db)
     try:
         cmd = args.users_command
@@ -570,7 +572,6 @@ def _get_node(repo, name: str):
 
 
 def cmd_query(args, settings: Settings) -> int:
-    from .db.engine import DatabaseError, open_database
     from .dicom.tags import Level
     from .net.client import query
     from .net.scu import ScuError
@@ -580,10 +581,7 @@ def cmd_query(args, settings: Settings) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     filters = _parse_filters(args.filters)
-    try:
-        db = open_database(settings.effective_database_url)
-    except DatabaseError as exc:
-        raise CliError(str(exc)) from None
+    db = _open_db(settings)
     try:
         node = _get_node(_node_repo(settings, db), args.node)
     finally:
