@@ -54,6 +54,13 @@ ctx = AppContext(settings, archive)
 archive.find("SERIES", {"SeriesInstanceUID": uid})  # connection pool and statement cache warm
 out = {}
 
+def mouse(view, kind, p, button, buttons):
+    # A mouse event of *kind* at *p* to *view* (*button* pressed or released; none for a move).
+    ev = QMouseEvent(kind, p, view.mapToGlobal(p), button if kind != QMouseEvent.Type.MouseMove
+                     else Qt.MouseButton.NoButton, buttons, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(view, ev)
+
+
 def wait_loaded(view, timeout=600):
     t0 = time.perf_counter()
     n = len(view.stack)
@@ -121,9 +128,7 @@ elif mode in ("scroll", "wl"):
         R = Qt.MouseButton.RightButton
 
         def send(kind, p, buttons):
-            ev = QMouseEvent(kind, p, view.mapToGlobal(p), R if kind != QMouseEvent.Type.MouseMove
-                             else Qt.MouseButton.NoButton, buttons, Qt.KeyboardModifier.NoModifier)
-            QApplication.sendEvent(view, ev)
+            mouse(view, kind, p, R, buttons)
 
         send(QMouseEvent.Type.MouseButtonPress, c, R)
         w0 = view.window
@@ -166,9 +171,7 @@ elif mode in ("mpr", "floor-mpr"):
     L = Qt.MouseButton.LeftButton
 
     def send(kind, p, buttons):
-        ev = QMouseEvent(kind, p, ax.mapToGlobal(p), L if kind != QMouseEvent.Type.MouseMove
-                         else Qt.MouseButton.NoButton, buttons, Qt.KeyboardModifier.NoModifier)
-        QApplication.sendEvent(ax, ev)
+        mouse(ax, kind, p, L, buttons)
 
     points = [c + QPointF((i % 60) - 30, ((i * 7) % 40) - 20) for i in range(frames)]
     times = []
