@@ -46,16 +46,22 @@ def centred_affine(direction, spacing, shape) -> np.ndarray:
     return m
 
 
-def sphere_volume(shape=(40, 48, 56), spacing=(1.2, 1.0, 1.5), direction=None, *,
-                  center_lps=(10.0, -8.0, 6.0), radius=5.0, value=2000, background=-1000,
-                  body=40, body_radius=None, modality="CT") -> Volume:
-    """A CT-like volume: air, a soft-tissue ball filling most of it, one bright sphere at ``center_lps``."""
+def _voxel_points(shape, spacing, direction):
+    """The centred affine of a volume and the LPS position of each voxel
+    (one row per voxel, in array order)."""
     d = np.eye(3) if direction is None else np.asarray(direction, float)
     aff = centred_affine(d, spacing, shape)
     s, r, c = shape
     kk, jj, ii = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
     idx = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1).astype(float)
-    pts = idx @ aff[:3, :3].T + aff[:3, 3]
+    return aff, idx @ aff[:3, :3].T + aff[:3, 3]
+
+
+def sphere_volume(shape=(40, 48, 56), spacing=(1.2, 1.0, 1.5), direction=None, *,
+                  center_lps=(10.0, -8.0, 6.0), radius=5.0, value=2000, background=-1000,
+                  body=40, body_radius=None, modality="CT") -> Volume:
+    """A CT-like volume: air, a soft-tissue ball filling most of it, one bright sphere at ``center_lps``."""
+    aff, pts = _voxel_points(shape, spacing, direction)
     arr = np.full(pts.shape[0], background, np.int16)
     if body is not None:
         br = body_radius if body_radius is not None else 0.4 * min(np.array(shape) * np.array(spacing)[::-1])
@@ -66,12 +72,7 @@ def sphere_volume(shape=(40, 48, 56), spacing=(1.2, 1.0, 1.5), direction=None, *
 
 def smooth_volume(shape=(30, 36, 40), spacing=(1.1, 0.9, 2.0), direction=None) -> Volume:
     """A smooth field (linear interpolation of it is nearly exact): good for comparing samplers."""
-    d = np.eye(3) if direction is None else np.asarray(direction, float)
-    aff = centred_affine(d, spacing, shape)
-    s, r, c = shape
-    kk, jj, ii = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
-    idx = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1).astype(float)
-    p = idx @ aff[:3, :3].T + aff[:3, 3]
+    aff, p = _voxel_points(shape, spacing, direction)
     vals = 500 + 8.0 * p[:, 0] - 5.0 * p[:, 1] + 12.0 * p[:, 2] + 200 * np.sin(p[:, 0] / 9.0)
     return Volume(np.round(vals).astype(np.int16).reshape(shape), aff, modality="MR")
 
