@@ -230,14 +230,14 @@ def raw_pdata(cx: int, command: bytes, dataset: bytes | None, max_pdu: int):
     machine handles it as ONE P-DATA request (event 9, action DT-1) and
     writes all its PDUs with one ``send`` -- instead of one reactor cycle,
     one PDU object, three copies of the fragment and one system call per
-    PDU (32 of each for a 512 KB image to a 16 KB peer).  Needs
-    :func:`install_raw_pdata`.
+    PDU (32 of each for a 512 KB image to a 16 KB peer).  The first call
+    installs :func:`install_raw_pdata`.
     """
-    from pynetdicom.pdu_primitives import P_DATA
-
-    install_raw_pdata()
     cls = _RAW_CLASS.get("cls")
     if cls is None:
+        from pynetdicom.pdu_primitives import P_DATA
+
+        install_raw_pdata()
         cls = _RAW_CLASS["cls"] = type("RawPData", (P_DATA, RawMessage), {})
     prim = cls()
     prim._osx_raw = message_bytes(cx, command, dataset, max_pdu)
