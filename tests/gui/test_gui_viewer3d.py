@@ -206,6 +206,10 @@ def test_3d_view_mouse_rotates_zooms_pans_and_windows(qtbot, win):
     assert r.size == (vr.width(), vr.height())
     centre = QPointF(vr.width() / 2, vr.height() / 2)
     dop0 = np.array(r.camera.GetDirectionOfProjection())
+    # No frame in flight (the full-quality frame that follows the opening
+    # preview may still be drawing on a loaded machine): state changes made
+    # during a frame wait for its end, by design (see the queued-op test below).
+    qtbot.waitUntil(lambda: not vr.busy, timeout=20000)
     frames = vr.frames
     mouse(vr, "press", centre)
     assert r.interacting
