@@ -37,6 +37,10 @@ class AddOp:
 
     record: repo.InstanceRecord
     replace: bool = False
+    #: The instance's file write, done on another thread beside the insert:
+    #: the transaction commits only once it has succeeded (its error fails
+    #: the op), so no row ever points at a file that is not durable.
+    written: Future | None = None
 
 
 class WriterClosed(RuntimeError):
@@ -84,10 +88,14 @@ class IndexWriter:
         return fut
 
     def submit_add(self, record: repo.InstanceRecord, *, replace: bool = False,
-                   sync_files: bool = False, window: float = 0.0) -> Future:
-        """Index one instance (``Future[AddResult]``), batched with its neighbours."""
-        return self.submit(AddOp(record, replace), sync_files=sync_files,  # type: ignore[arg-type]
-                           window=window)
+                   sync_files: bool = False, window: float = 0.0,
+                   written: Future | None = None) -> Future:
+        """Index one instance (``Future[AddResult]``), batched with its neighbours.
+
+        *written*: the future of the instance's durable file write, running
+        elsewhere; the row is inserted meanwhile and committed after it."""
+        return self.submit(AddOp(record, replace, written),  # type: ignore[arg-type]
+                           sync_files=sync_files, window=window)
 
     def run(self, op: Op, timeout: float | None = None):
         """Submit *op* and wait for its committed result (re-raises its error)."""
@@ -147,8 +155,9 @@ class IndexWriter:
                     fut.set_exception(exc)
                 return
         outcomes: list[tuple[Future, object, BaseException | None]] = []
+        ops = [op for op, _ in live]
         try:
-            results = self._with_retry(lambda conn: _run_all(conn, [op for op, _ in live]),
+            results = self._with_retry(lambda conn: _run_all(conn, ops),
                                        lazy_sync=deferred)
             outcomes = [(fut, res, None) for (_, fut), res in zip(live, results)]
         except Exception as exc:
@@ -158,11 +167,15 @@ class IndexWriter:
                 log.debug("batch of %d failed (%s); retrying one by one", len(live), exc)
                 for op, fut in live:
                     try:
-                        res = self._with_retry(lambda conn, op=op: _run_all(conn, [op])[0],
-                                               lazy_sync=deferred)
+                        res = self._with_retry(
+                            lambda conn, op=op: _run_all(conn, [op])[0],
+                            lazy_sync=deferred)
                         outcomes.append((fut, res, None))
                     except Exception as e:  # noqa: BLE001 - handed to the caller
                         outcomes.append((fut, None, e))
+        # Whatever happened, no caller hears back before its file write has
+        # ended (a failed row's caller removes the file: it must be there).
+        _wait_written(ops, raise_error=False)
         if deferred and any(e is None for _, _, e in outcomes):
             # One flush makes the files AND the commit above durable; only
             # then is anyone told.
@@ -229,8 +242,20 @@ class IndexWriter:
                 pass
 
 
+def _wait_written(ops: list, *, raise_error: bool) -> None:
+    """Wait for the file writes of *ops*' AddOps; re-raise the first error."""
+    for op in ops:
+        w = getattr(op, "written", None)
+        if w is not None:
+            exc = w.exception()
+            if exc is not None and raise_error:
+                raise exc
+
+
 def _run_all(conn: Connection, ops: list) -> list:
-    """Run *ops* in order in one transaction; runs of AddOps go through one bulk call."""
+    """Run *ops* in order in one transaction (runs of AddOps through one bulk
+    call), then wait for the AddOps' file writes before the caller commits: a
+    failed write fails the transaction."""
     results: list = []
     i = 0
     while i < len(ops):
@@ -244,4 +269,5 @@ def _run_all(conn: Connection, ops: list) -> list:
         else:
             results.append(ops[i](conn))
             i += 1
+    _wait_written(ops, raise_error=True)
     return results

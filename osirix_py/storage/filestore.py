@@ -141,18 +141,34 @@ class FileStore:
             raise StorageError(f"invalid storage key {key!r}")
         return self.root / key
 
-    def _ensure_dir(self, d: Path) -> None:
+    def _ensure_dir(self, d: Path) -> list[str]:
+        """Make shard folder *d*; returns the folders this call created
+        (outermost first), whose parents must be fsynced for a durable put."""
         s = str(d)
         if s in self._made_dirs:
-            return
+            return []
+        made: list[str] = []
         try:
             # The parent (the first shard level) usually exists: one mkdir.
             os.mkdir(s)
+            made.append(s)
         except FileExistsError:
             pass
         except FileNotFoundError:
+            parent = d.parent
             try:
-                d.mkdir(parents=True, exist_ok=True)
+                os.mkdir(parent)
+                made.append(str(parent))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if not parent.is_dir():
+                    self._raise(exc, parent)
+            try:
+                os.mkdir(s)
+                made.append(s)
+            except FileExistsError:
+                pass
             except OSError as exc:
                 self._raise(exc, d)
         except OSError as exc:
@@ -160,6 +176,7 @@ class FileStore:
                 self._raise(exc, d)
         with self._lock:
             self._made_dirs.add(s)
+        return made
 
     @staticmethod
     def _raise(exc: OSError, where: Path):
@@ -169,11 +186,18 @@ class FileStore:
 
     # -- protocol -------------------------------------------------------------
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Write *data* under *key* atomically.  *durable*: the data, its
+        name and any shard folder made for it are on disk when this returns
+        (fsync of the file, then of its folder -- and of a new folder's
+        parent); otherwise the caller syncs later (:meth:`sync`)."""
         final = self.path(key)
+        made = self._ensure_dir(final.parent)
         tmp = self.stage(key, data, durable=durable)
         self.commit_staged(tmp, key)
         if durable:
             _fsync_dir(final.parent)
+            for d in reversed(made):
+                _fsync_dir(Path(d).parent)
 
     def stage(self, key: str, data: bytes | None = None, *, src_fd: int | None = None,
               durable: bool = False) -> str:

@@ -278,3 +278,127 @@ def test_names_are_decoded_with_the_files_character_set(archive):
     # Japanese name matches case-insensitively on the alphabetic group.
     jap = pydicom.dcmread(root / "chrH31.dcm")
     assert archive.find("patient", {"PatientName": str(jap.PatientName).split("=")[0].upper() + "*"})
+
+
+def _encoded(n: int = 2, patient_id: str = "BESIDE") -> list[bytes]:
+    out = []
+    for ds in synthetic.make_ct_series(slices=n, rows=32, columns=32, patient_id=patient_id, seed=11):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+class _GatedStore(FileStore):
+    """A file store whose writes wait for a gate (a slow disk)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def stage(self, *a, **k):
+        self.writing.set()
+        assert self.gate.wait(10)
+        return super().stage(*a, **k)
+
+
+def test_a_stored_row_commits_only_after_its_file_is_written(tmp_path):
+    """A single store writes its file beside the index insert: the row must
+    not become visible before the file is in place, and the row's checksum
+    is the file's SHA-256."""
+    import hashlib
+
+    db = open_database(f"sqlite:///{tmp_path}/db.sqlite")
+    store = _GatedStore(tmp_path / "store")
+    a = Archive(db, store)
+    try:
+        first, second = _encoded(2)
+        store.gate.set()
+        assert a.store_bytes(first, origin="test").status == "stored"  # the series is known now
+        store.gate.clear()
+        store.writing.clear()
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(a.store_bytes(second, origin="test")))
+        t.start()
+        assert store.writing.wait(10)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the insert is done by now; the commit must wait
+            assert a.count("instance") == 1
+            time.sleep(0.02)
+        store.gate.set()
+        t.join(10)
+        assert out and out[0].status == "stored"
+        rows = {r["SOPInstanceUID"]: r for r in a.find("instance")}
+        assert len(rows) == 2
+        for r in rows.values():
+            data = a.read_instance(r)
+            assert r["_checksum"] == hashlib.sha256(data).hexdigest()
+        assert a.check().clean
+    finally:
+        a.close()
+        db.dispose()
+
+
+class _FullStore(FileStore):
+    """A file store on a disk that fills up after *room* files."""
+
+    def __init__(self, root, room: int):
+        super().__init__(root)
+        self.room = room
+
+    def stage(self, key, data=None, **k):
+        if self.room <= 0:
+            from osirix_py.storage.base import StorageFullError
+
+            raise StorageFullError(28, f"disk full while writing {self.path(key)}")
+        self.room -= 1
+        return super().stage(key, data, **k)
+
+
+def test_a_single_store_on_a_full_disk_raises_and_leaves_no_row_or_file(tmp_path):
+    from osirix_py.storage.base import StorageFullError
+
+    db = open_database(f"sqlite:///{tmp_path}/db.sqlite")
+    store = _FullStore(tmp_path / "store", room=1)
+    a = Archive(db, store)
+    try:
+        first, second = _encoded(2, patient_id="FULLDISK")
+        assert a.store_bytes(first, origin="test").status == "stored"
+        with pytest.raises(StorageFullError):
+            a.store_bytes(second, origin="test")
+        assert a.count("instance") == 1
+        assert len(list(store.keys())) == 1
+        assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(".tmp")]
+        assert a.check().clean
+        store.room = 1  # space again: the same instance stores fine
+        assert a.store_bytes(second, origin="test").status == "stored"
+        assert a.count("instance") == 2
+    finally:
+        a.close()
+        db.dispose()
+
+
+def test_a_durable_put_syncs_the_folders_it_made(tmp_path, monkeypatch):
+    """A new shard folder's name lives in its parent: a durable put that made
+    folders fsyncs each parent too, not only the file's own folder."""
+    import osirix_py.storage.filestore as fs
+
+    synced: list[Path] = []
+    monkeypatch.setattr(fs, "_fsync_dir", lambda p: synced.append(Path(p)))
+    store = FileStore(tmp_path / "store")
+    key = key_for_uid("1.2.3.4")
+    store.put(key, b"x" * 10, durable=True)
+    leaf = (tmp_path / "store" / key).parent
+    assert synced == [leaf, leaf.parent, leaf.parent.parent]
+    synced.clear()
+    other = "1.2.3.5"
+    while key_for_uid(other)[:2] != key[:2] or key_for_uid(other)[:5] == key[:5]:
+        other += "1"
+    store.put(key_for_uid(other), b"y", durable=True)  # first level exists: one new folder
+    leaf2 = (tmp_path / "store" / key_for_uid(other)).parent
+    assert synced == [leaf2, leaf2.parent]
+    synced.clear()
+    store.put(key_for_uid(other).replace(".dcm", "b.dcm"), b"z", durable=True)
+    assert synced == [leaf2]
+    assert store.get(key) == b"x" * 10
