@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -140,8 +142,8 @@ class ParsedIdentifier:
     root: str  # "PATIENT" or "STUDY"
     level: Level
     query: dict[str, str]
-    #: Elements of the request, returned in every response (C-FIND).
-    requested: list[DataElement] = field(default_factory=list)
+    #: Keys of the request, returned in every response (C-FIND).
+    requested: list["IdentifierKey"] = field(default_factory=list)
     #: Keys with a value that the archive cannot match on (answered empty).
     unsupported: list[str] = field(default_factory=list)
 
@@ -170,22 +172,112 @@ def _is_single_value(value: str | None) -> bool:
     return bool(value) and "\\" not in value and "*" not in value and "?" not in value
 
 
-def parse_identifier(identifier: Dataset, sop_class_uid: str, *, retrieve: bool) -> ParsedIdentifier:
+@dataclass(frozen=True, slots=True)
+class IdentifierKey:
+    """One element of a request identifier, as the checks and responses need it."""
+
+    tag: BaseTag
+    VR: str
+    keyword: str
+    #: The matching value as text (None: universal / empty).
+    value: str | None
+    #: A sequence with at least one non-empty item (a key the archive cannot match on).
+    filled_sequence: bool = False
+
+
+def _keys_from_dataset(identifier: Dataset) -> tuple[list[IdentifierKey], str | None]:
+    """The keys of a pydicom identifier and its QueryRetrieveLevel."""
+    try:
+        raw_level = identifier.get("QueryRetrieveLevel")
+        elements = [identifier[t] for t in identifier.keys()]  # decodes every value now
+        keys = [IdentifierKey(e.tag, str(e.VR), e.keyword or "", _text_value(e),
+                              e.VR == "SQ" and bool(e.value) and any(len(i) for i in e.value))
+                for e in elements]
+    except Exception as exc:  # noqa: BLE001 - anything pydicom raises on bad bytes
+        raise IdentifierError(st.CANNOT_UNDERSTAND, f"cannot decode the identifier: {exc}") from exc
+    return keys, (str(raw_level) if raw_level else None)
+
+
+#: Text VRs whose single ASCII value :func:`decode_identifier` takes as is
+#: (numbers as text, DS/IS, and everything binary go through pydicom).
+_PLAIN_TEXT_VRS = frozenset({"AE", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                             "UI", "UR", "UT"})
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_KEY_CACHE: dict[tuple[int, str], tuple[BaseTag, str]] = {}
+
+
+def decode_identifier(raw: bytes, implicit: bool) -> tuple[list[IdentifierKey], str | None] | None:
+    """The keys of a little-endian identifier data set, decoded without pydicom.
+
+    Handles what a C-FIND/C-MOVE/C-GET identifier nearly always is: empty
+    return keys of any VR and elements of text VRs holding one ASCII value.  Anything else -- a
+    sequence, a multi-valued or non-ASCII value (whose decoding depends on
+    the character set), a number, a private or unknown tag, an undefined
+    length, a truncated element -- returns None: pydicom decodes it.
+    """
+    pos, end = 0, len(raw)
+    keys: list[IdentifierKey] = []
+    level = None
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, elem = struct.unpack_from("<HH", raw, pos)
+        tag = group << 16 | elem
+        if implicit:
+            (length,) = struct.unpack_from("<I", raw, pos + 4)
+            pos += 8
+            if group & 1:
+                return None
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                return None
+        else:
+            vr = raw[pos + 4:pos + 6].decode("latin-1")
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = struct.unpack_from("<I", raw, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", raw, pos + 6)
+                pos += 8
+        if pos + length > end or group & 1 or vr == "UN":
+            return None
+        if length == 0:  # a return key: any VR, no value
+            text = None
+        elif vr not in _PLAIN_TEXT_VRS:
+            return None
+        else:
+            data = raw[pos:pos + length]
+            if not data.isascii() or b"\x1b" in data or b"\\" in data:
+                return None
+            text = data.rstrip(b"\x00").decode("ascii").strip() or None
+        pos += length
+        cached = _KEY_CACHE.get((tag, vr))
+        if cached is None:
+            cached = _KEY_CACHE.setdefault((tag, vr), (BaseTag(tag), keyword_for_tag(tag)))
+        keys.append(IdentifierKey(cached[0], vr, cached[1], text))
+        if tag == _QR_LEVEL_TAG:
+            level = text
+    return keys, level
+
+
+def parse_identifier(identifier: Dataset | tuple[list[IdentifierKey], str | None], sop_class_uid: str,
+                     *, retrieve: bool) -> ParsedIdentifier:
     """Check a C-FIND / C-MOVE / C-GET identifier against its model (PS3.4 C.4.1.2.1).
 
-    Raises :class:`IdentifierError` (0xA900 for a level or key that the model
-    does not allow, 0xC000 for an identifier that cannot be decoded).
+    *identifier*: a pydicom data set, or the keys and level that
+    :func:`decode_identifier` read.  Raises :class:`IdentifierError` (0xA900
+    for a level or key that the model does not allow, 0xC000 for an
+    identifier that cannot be decoded).
     """
     root, op = QR_MODELS.get(str(sop_class_uid), (None, None))
     if root is None:
         raise IdentifierError(st.IDENTIFIER_DOES_NOT_MATCH,
                               f"unsupported information model {sop_class_uid}")
-    try:
-        raw_level = identifier.get("QueryRetrieveLevel")
-        elements = [identifier[t] for t in identifier.keys()]  # decodes every value now
-        values = {e.tag: _text_value(e) for e in elements}
-    except Exception as exc:  # noqa: BLE001 - anything pydicom raises on bad bytes
-        raise IdentifierError(st.CANNOT_UNDERSTAND, f"cannot decode the identifier: {exc}") from exc
+    keys, raw_level = (_keys_from_dataset(identifier) if isinstance(identifier, Dataset)
+                       else identifier)
     if not raw_level:
         raise IdentifierError(st.IDENTIFIER_DOES_NOT_MATCH, "(0008,0052) QueryRetrieveLevel missing")
     try:
@@ -197,7 +289,7 @@ def parse_identifier(identifier: Dataset, sop_class_uid: str, *, retrieve: bool)
     if level not in chain:
         raise IdentifierError(st.IDENTIFIER_DOES_NOT_MATCH,
                               f"{level.value} level is not in the {root.title()} Root model")
-    by_keyword = {e.keyword: values[e.tag] for e in elements if e.keyword}
+    by_keyword = {k.keyword: k.value for k in keys if k.keyword}
 
     # Hierarchical search / retrieve: the unique keys of the levels above
     # must be single values (C-FIND: and present).
@@ -225,21 +317,20 @@ def parse_identifier(identifier: Dataset, sop_class_uid: str, *, retrieve: bool)
                 parsed.query[key] = by_keyword[key]
         return parsed
 
-    for elem in elements:
-        if elem.tag.group in (0x0000, 0x0002) or elem.tag in (_QR_LEVEL_TAG, _CHARSET_TAG):
+    for k in keys:
+        if k.tag.group in (0x0000, 0x0002) or k.tag in (_QR_LEVEL_TAG, _CHARSET_TAG):
             continue
-        parsed.requested.append(elem)
-        value = values[elem.tag]
-        kw = elem.keyword
-        attr = find_attribute(kw) if kw and not elem.tag.is_private else None
+        parsed.requested.append(k)
+        kw = k.keyword
+        attr = find_attribute(kw) if kw and not k.tag.is_private else None
         if attr is None:
-            if elem.tag in _SCP_FILLED:
+            if k.tag in _SCP_FILLED:
                 continue
-            if value is not None or (elem.VR == "SQ" and elem.value and any(len(i) for i in elem.value)):
-                parsed.unsupported.append(kw or str(elem.tag))
+            if k.value is not None or k.filled_sequence:
+                parsed.unsupported.append(kw or str(k.tag))
             continue
-        if value is not None:
-            parsed.query[kw] = value
+        if k.value is not None:
+            parsed.query[kw] = k.value
     return parsed
 
 
@@ -263,7 +354,7 @@ def _charset_for(texts: Iterable[str], stored: str | None) -> str | None:
     return None
 
 
-def _response_vr(req: DataElement) -> str:
+def _response_vr(req: IdentifierKey) -> str:
     vr = req.VR
     if not req.tag.is_private:
         try:
@@ -551,11 +642,19 @@ class Handlers:
 
     # ------------------------------------------------------------------ find
     def _parse(self, event, *, retrieve: bool) -> ParsedIdentifier:
-        try:
-            identifier = event.identifier
-        except Exception as exc:  # noqa: BLE001
-            raise IdentifierError(st.CANNOT_UNDERSTAND, f"cannot decode the identifier: {exc}") from exc
-        return parse_identifier(identifier, event.request.AffectedSOPClassUID, retrieve=retrieve)
+        req = event.request
+        decoded = None
+        stream = req.Identifier
+        ts = event.context.transfer_syntax
+        if isinstance(stream, io.BytesIO) and ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+            decoded = decode_identifier(stream.getvalue(), ts == ImplicitVRLittleEndian)
+        if decoded is None:
+            try:
+                decoded = event.identifier
+            except Exception as exc:  # noqa: BLE001
+                raise IdentifierError(st.CANNOT_UNDERSTAND,
+                                      f"cannot decode the identifier: {exc}") from exc
+        return parse_identifier(decoded, req.AffectedSOPClassUID, retrieve=retrieve)
 
     def on_find(self, event):
         peer = self._peer(event)

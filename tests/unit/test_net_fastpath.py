@@ -10,11 +10,18 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 
 from osirix_py.dicom import synthetic
 from osirix_py.net import fastpath
-from osirix_py.net.handlers import build_response, parse_identifier, response_elements, response_plan
+from osirix_py.net.handlers import (
+    IdentifierError,
+    build_response,
+    decode_identifier,
+    parse_identifier,
+    response_elements,
+    response_plan,
+)
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -101,6 +108,89 @@ def test_find_identifier_refuses_what_it_cannot_encode():
         fastpath.encode_elements([(0x00280010, "US or SS", 1)], None, False)
     with pytest.raises(fastpath.EncodeError):
         fastpath.encode_elements([(0x00100010, "PN", "é")], None, True)  # no charset: ASCII only
+
+
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+
+
+def _ident(level="STUDY", charset=None, **keys) -> Dataset:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+_ALL_EMPTY = dict(PatientName="", PatientID="", StudyDate="", StudyTime="", AccessionNumber="",
+                  StudyDescription="", StudyInstanceUID="", ModalitiesInStudy="",
+                  NumberOfStudyRelatedInstances="", RetrieveAETitle="", InstanceAvailability="")
+
+#: (identifier, SOP class, retrieve): each decoded both ways must parse alike.
+IDENTIFIERS = [
+    (_ident(**_ALL_EMPTY), STUDY_FIND, False),
+    (_ident(**{**_ALL_EMPTY, "PatientID": "PAT-0042"}), STUDY_FIND, False),
+    (_ident(**{**_ALL_EMPTY, "PatientName": "DOE^J*", "StudyDate": "20240101-20240131"}), STUDY_FIND, False),
+    (_ident(**{**_ALL_EMPTY, "PatientName": "  spaced^name ", "AccessionNumber": "A?1"}), STUDY_FIND, False),
+    (_ident(charset="ISO_IR 100", PatientName="DOE^JOHN", PatientID=""), STUDY_FIND, False),
+    (_ident(level="SERIES", StudyInstanceUID="1.2.3", SeriesInstanceUID="", Modality="CT",
+            SeriesDescription=""), STUDY_FIND, False),
+    (_ident(level="SERIES", StudyInstanceUID="1.2.3*", SeriesInstanceUID=""), STUDY_FIND, False),
+    (_ident(level="PATIENT", PatientID="X", PatientName=""), PATIENT_FIND, False),
+    (_ident(level="STUDY", PatientID="X"), PATIENT_FIND, False),
+    (_ident(level="IMAGE", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4",
+            SOPInstanceUID=""), STUDY_FIND, False),
+    (_ident(level="study", StudyInstanceUID="1.2.3"), STUDY_MOVE, True),
+    (_ident(level="STUDY", StudyInstanceUID=""), STUDY_MOVE, True),
+    (_ident(level="FRAME", StudyInstanceUID="1.2.3"), STUDY_FIND, False),
+    (_ident(PatientID="X"), "1.2.3.4", False),
+    (_ident(level="STUDY", StudyInstanceUID="1.2.3", ScheduledStationAETitle="AE1"), STUDY_FIND, False),
+    (_ident(level="", PatientID=""), STUDY_FIND, False),
+]
+
+
+def _parse_either(ident, sop, retrieve):
+    try:
+        p = parse_identifier(ident, sop, retrieve=retrieve)
+    except IdentifierError as exc:
+        return ("error", exc.status, exc.comment)
+    return (p.root, p.level, p.query, p.unsupported,
+            [(int(k.tag), k.VR) for k in p.requested], response_plan(p))
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("case", range(len(IDENTIFIERS)))
+def test_identifier_decoded_without_pydicom_parses_as_with_it(case, implicit):
+    ds, sop, retrieve = IDENTIFIERS[case]
+    raw = encode(ds, implicit, True)
+    fast = decode_identifier(raw, implicit)
+    assert fast is not None
+    slow = decode(io.BytesIO(raw), implicit, True)
+    assert _parse_either(fast, sop, retrieve) == _parse_either(slow, sop, retrieve)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("ds", [
+    _ident(charset="ISO_IR 100", PatientName="Müller^Jürgen"),  # non-ASCII: charset decides
+    _ident(charset=["", "ISO 2022 IR 87"], PatientName="ヤマダ^タロウ"),  # escape sequences
+    _ident(StudyInstanceUID=["1.2.3", "1.2.4"]),  # UID list
+    _ident(ReferencedStudySequence=[Dataset()]),  # sequence
+    _ident(NumberOfStudyRelatedInstances="12"),  # IS with a value
+    _ident(PatientWeight="70.5"),  # DS with a value
+], ids=["latin1", "iso2022", "uid-list", "sequence", "is", "ds"])
+def test_identifier_decoder_leaves_the_unusual_to_pydicom(ds, implicit):
+    assert decode_identifier(encode(ds, implicit, True), implicit) is None
+
+
+def test_identifier_decoder_refuses_truncated_and_private_elements():
+    raw = encode(_ident(PatientID="ABC"), False, True)
+    assert decode_identifier(raw, False) is not None
+    # An ISO 2022 escape is ASCII, but switches the character set.
+    assert decode_identifier(raw[:-3] + b"\x1b(BA", False) is None
+    assert decode_identifier(raw[:-2], False) is None
+    assert decode_identifier(raw + b"\x09\x00\x10\x00LO\x02\x00ab", False) is None
 
 
 @pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 106, 40_006, 40_007])
@@ -393,7 +483,7 @@ def test_decode_command_gives_pynetdicoms_primitive(case):
     msg_cls, prim, has_data = _commands()[case]
     msg = msg_cls()
     msg.primitive_to_message(prim)
-    from pynetdicom.dsutils import encode
+    from pynetdicom.dsutils import decode, encode
 
     cmd = encode(msg.command_set, True, True)
     expected = _pynetdicom_decoded(cmd, b"x" if has_data else None)
@@ -410,7 +500,7 @@ def test_decode_command_gives_pynetdicoms_primitive(case):
 def test_decode_command_leaves_the_unusual_to_pynetdicom():
     from pynetdicom.dimse_messages import C_CANCEL_RQ
     from pynetdicom.dimse_primitives import C_CANCEL
-    from pynetdicom.dsutils import encode
+    from pynetdicom.dsutils import decode, encode
 
     cancel = C_CANCEL()
     cancel.MessageIDBeingRespondedTo = 3
