@@ -12,7 +12,7 @@ import functools
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from sqlalchemy import (
     Connection,
@@ -41,7 +41,7 @@ from ..dicom.tags import (
     find_attribute,
     keyword_for_input,
 )
-from .matching import QueryError, match_clause, normalise_person_name
+from .matching import QueryError, has_wildcard, match_clause, normalise_person_name
 from .schema import LEVEL_TABLES, PARENT_FK, instances, patients, series, studies
 
 log = logging.getLogger(__name__)
@@ -323,9 +323,75 @@ def find(
     return [dict(r._mapping) for r in conn.execute(q)]
 
 
+#: Value representations whose plain value (no wildcard, list or range) is
+#: matched by equality alone in :func:`~osirix_py.db.matching.match_clause`.
+_EQUALITY_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UI"})
+#: (level, keys) -> (SQL, result column names) of exact-match queries.
+_EXACT_SQL: dict[tuple, tuple[str, list[str]]] = {}
+_EXACT_SQL_MAX = 256
+
+
+def _exact_shape(level: Level, query: Mapping[str, object]) -> tuple[tuple[str, ...], list[str]] | None:
+    """(keywords, values) when every key of *query* is universal or one plain
+    value of an attribute at or above *level* that ``match_clause`` matches by
+    equality alone (IDs, codes, UIDs); None for anything else."""
+    kws: list[tuple[str, str]] = []
+    for key, value in query.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return None
+        v = value.strip()
+        if v in ("", "*"):
+            continue
+        kw = keyword_for_input(key)
+        a = find_attribute(kw)
+        if (a is None or a.derived or a.level.depth > level.depth or kw == "Modality"
+                or a.vr not in _EQUALITY_VRS or "\\" in v or has_wildcard(v)):
+            return None
+        kws.append((kw, v))
+    kws.sort()
+    return tuple(k for k, _ in kws), [v for _, v in kws]
+
+
+def _exact_rows(conn: Connection, level: Level, query: Mapping[str, object]) -> Iterator[dict] | None:
+    """The rows of an exact-match query at PATIENT/STUDY/SERIES level on
+    SQLite, through a statement compiled once per set of keys and run on the
+    driver's cursor (~20 us instead of ~300 us of statement building and
+    SQLAlchemy execution).  None when the query is anything else: the general
+    path answers it (same rows, same order -- and those levels' result
+    columns are all text or integers, which SQLAlchemy hands back as is)."""
+    if level is Level.IMAGE or conn.dialect.name != "sqlite":
+        return None
+    shape = _exact_shape(level, query)
+    if shape is None:
+        return None
+    keys, values = shape
+    cached = _EXACT_SQL.get((level, keys))
+    if cached is None:
+        conds = []
+        for i, kw in enumerate(keys):
+            a = find_attribute(kw)
+            conds.append(LEVEL_TABLES[a.level].c[a.column] == bindparam(f"p{i}"))
+        stmt = _base_select(level).where(*conds).order_by(*_ORDER[level]())
+        compiled = stmt.compile(dialect=conn.dialect)
+        order = [int(name[1:]) for name in compiled.positiontup or []]
+        cached = (str(compiled), order)
+        if len(_EXACT_SQL) < _EXACT_SQL_MAX:
+            _EXACT_SQL[(level, keys)] = cached
+    sql, order = cached
+    cur = conn.connection.driver_connection.execute(sql, [values[i] for i in order])
+    names = [d[0] for d in cur.description]
+    return (dict(zip(names, row)) for row in cur)
+
+
 def iter_find(conn: Connection, level: Level, query: Mapping[str, object] | None = None,
               *, fuzzy_names: bool = True, batch: int = 500):
     """Like :func:`find` but streams rows (for C-FIND: cancel between rows)."""
+    fast = _exact_rows(conn, level, query or {})
+    if fast is not None:
+        yield from fast
+        return
     q = _base_select(level).where(
         *build_conditions(level, query or {}, fuzzy_names=fuzzy_names)
     ).order_by(*_ORDER[level]())

@@ -124,3 +124,46 @@ def test_bad_values_raise_query_error(conn):
 def test_normalised_person_name():
     assert normalise_person_name("Doe^John^^^") == "doe^john"
     assert normalise_person_name("Yamada^Tarou=山田^太郎=") == "yamada^tarou=山田^太郎"
+
+
+@pytest.mark.parametrize("level,query", [
+    (Level.STUDY, {"PatientID": "P2"}),
+    (Level.STUDY, {"PatientID": " P4 ", "AccessionNumber": "A%_4"}),
+    (Level.STUDY, {"AccessionNumber": "A3", "PatientName": "", "StudyDate": "*"}),
+    (Level.STUDY, {"PatientID": "P1", "StudyInstanceUID": "1.2.3.0"}),
+    (Level.STUDY, {"PatientID": "p1"}),  # IDs match case-sensitively
+    (Level.STUDY, {"PatientID": "NOPE"}),
+    (Level.STUDY, {}),
+    (Level.PATIENT, {"PatientID": "P3"}),
+    (Level.SERIES, {"StudyInstanceUID": "1.2.3.3", "SeriesInstanceUID": ""}),
+    (Level.SERIES, {"StudyInstanceUID": "1.2.3.3", "SeriesInstanceUID": "1.2.3.3.1"}),
+])
+def test_exact_match_fast_path_answers_as_the_general_path(conn, level, query):
+    """An exact-match query (IDs, codes, UIDs) runs on a statement compiled
+    once per set of keys: same rows, same order, same values and types."""
+    fast = repo._exact_rows(conn, level, query)
+    assert fast is not None
+    fast_rows = list(fast)
+    q = repo._base_select(level).where(*repo.build_conditions(level, query)).order_by(
+        *repo._ORDER[level]())
+    slow_rows = [dict(r._mapping) for r in conn.execute(q)]
+    assert fast_rows == slow_rows
+    assert [{k: type(v) for k, v in r.items()} for r in fast_rows] == \
+        [{k: type(v) for k, v in r.items()} for r in slow_rows]
+    assert list(repo.iter_find(conn, level, query)) == slow_rows
+    if query.get("PatientID") == "P2":
+        assert [r["PatientName"] for r in fast_rows] == ["DOE^JANE"]
+
+
+@pytest.mark.parametrize("level,query", [
+    (Level.STUDY, {"PatientName": "DOE^JANE"}),  # person names: normalised matching
+    (Level.STUDY, {"PatientID": "P*"}),
+    (Level.STUDY, {"StudyInstanceUID": "1.2.3.1\\1.2.3.2"}),
+    (Level.STUDY, {"StudyDate": "20240110"}),
+    (Level.STUDY, {"Modality": "CT"}),  # ModalitiesInStudy at study level
+    (Level.STUDY, {"SeriesInstanceUID": "1.2.3.0.0"}),  # a key below the level
+    (Level.SERIES, {"SeriesNumber": "1"}),
+    (Level.IMAGE, {"SOPInstanceUID": "1.2.3.0.0.1"}),  # typed columns (dates, flags)
+])
+def test_other_queries_take_the_general_path(conn, level, query):
+    assert repo._exact_rows(conn, level, query) is None
