@@ -271,6 +271,9 @@ def run_gui(settings: Settings, server_mode: bool = False) -> int:
     gui = GuiApplication(settings, server_mode=server_mode)
     if not gui.start():
         return 1
+    from ..server.runtime import settle_heap
+
+    settle_heap()  # the window, Qt's and our modules: alive until the end
     state = _install_signal_handlers(app)
     try:
         code = app.exec()

@@ -16,6 +16,7 @@ fails, with a back-off, and sends systemd's ``WATCHDOG=1``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -379,6 +380,19 @@ class Runtime:
 
 
 # --------------------------------------------------------------------------- server mode
+def settle_heap() -> None:
+    """Collect once, then keep every object alive now out of the cyclic
+    garbage collector's scans (``gc.freeze``).
+
+    Call once a long-running process has started: what it loaded (modules,
+    the web application, SQLAlchemy's caches: ~100,000 objects) lives as long
+    as the process, yet each full collection walked all of it -- a C-FIND
+    (thousands of short-lived objects) paid ~0.3 ms on average for that.
+    Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve_forever(settings: Settings, verbose: int = 0) -> int:
     """``osirix-py server``: run headless until SIGTERM/SIGINT; returns the exit status."""
     from .logs import setup_server_logging
@@ -416,6 +430,7 @@ def serve_forever(settings: Settings, verbose: int = 0) -> int:
         if runtime.http is not None:
             summary += f", HTTP on {settings.http.bind_address}:{runtime.http_port}"
         log.info("serving: %s", summary)
+        settle_heap()
         sdnotify.ready(f"serving: {summary}")
         while not stop.wait(0.5):
             pass
