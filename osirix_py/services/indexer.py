@@ -38,8 +38,9 @@ class AddOp:
     record: repo.InstanceRecord
     replace: bool = False
     #: The instance's file write, done on another thread beside the insert:
-    #: the transaction commits only once it has succeeded (its error fails
-    #: the op), so no row ever points at a file that is not durable.
+    #: the transaction commits (and the batch's sync runs) only once it has
+    #: succeeded -- its error fails the op -- so no row ever points at a
+    #: file that is not there.
     written: Future | None = None
 
 
@@ -92,7 +93,7 @@ class IndexWriter:
                    written: Future | None = None) -> Future:
         """Index one instance (``Future[AddResult]``), batched with its neighbours.
 
-        *written*: the future of the instance's durable file write, running
+        *written*: the future of the instance's file write, running
         elsewhere; the row is inserted meanwhile and committed after it."""
         return self.submit(AddOp(record, replace, written),  # type: ignore[arg-type]
                            sync_files=sync_files, window=window)
@@ -146,8 +147,11 @@ class IndexWriter:
             return
         needs_sync = self.sync_files is not None and any(sync for _, _, sync, _ in batch)
         deferred = needs_sync and self.sync_covers_db
+        ops = [op for op, _ in live]
         if needs_sync and not deferred:
-            # Files first, then the rows that point at them (two flushes).
+            # Files first, then the rows that point at them (two flushes):
+            # files still being written beside the insert must be done first.
+            _wait_written(ops, raise_error=False)
             try:
                 self.sync_files()
             except OSError as exc:
@@ -155,7 +159,6 @@ class IndexWriter:
                     fut.set_exception(exc)
                 return
         outcomes: list[tuple[Future, object, BaseException | None]] = []
-        ops = [op for op, _ in live]
         try:
             results = self._with_retry(lambda conn: _run_all(conn, ops),
                                        lazy_sync=deferred)

@@ -144,3 +144,36 @@ def test_a_window_groups_unwaited_stores_into_one_sync_and_a_waiting_store_cuts_
         assert f.result(5).status == "stored" and 0.15 < time.monotonic() - t0 < 3
     finally:
         archive.close()
+
+
+class _SlowStore(FileStore):
+    """A file store whose writes take a while (a slow disk)."""
+
+    def stage(self, *a, **k):
+        time.sleep(0.3)
+        return super().stage(*a, **k)
+
+
+def test_files_written_beside_the_insert_are_in_place_before_a_files_first_sync(tmp_path):
+    """Where the sync does not cover the database (files first, then the
+    commit), a file still being written beside its index insert is waited
+    for before that sync: the sync must find it in place."""
+    db_path = tmp_path / "index.sqlite"
+    archive = Archive(open_database(f"sqlite:///{db_path}"), _SlowStore(tmp_path / "store"))
+    try:
+        archive.writer.sync_covers_db = False  # as with the database on another file system
+        data, sop = _instance_bytes(3)
+        seen = {}
+        original = archive.writer.sync_files
+
+        def sync():
+            seen["files_at_sync"] = len(list(archive.store.keys()))
+            seen["rows_at_sync"] = _rows_seen_by_another_connection(db_path, sop)
+            original()
+
+        archive.writer.sync_files = sync
+        assert archive.store_bytes(data, origin="test").status == "stored"
+        assert seen == {"files_at_sync": 1, "rows_at_sync": 0}
+        assert _rows_seen_by_another_connection(db_path, sop) == 1
+    finally:
+        archive.close()
