@@ -762,6 +762,64 @@ class PausedSender:
         return assoc._check_received_status(rsp)
 
 
+class ReactorThreadSender(PausedSender):
+    """:class:`PausedSender` for stores sent by the association's own reactor
+    thread (a C-GET's sub-operations: the handler runs on that thread, so
+    nothing else can take the responses off the DIMSE queue and there is no
+    reactor to pause).  The accepted context of each (SOP class, syntax) is
+    looked up once."""
+
+    def __init__(self, assoc):
+        super().__init__(assoc)
+        self.paused = True
+        self._contexts: dict[tuple[str, str], object] = {}
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def context_for(self, inst: StoredInstance):
+        key = (str(inst.SOPClassUID), str(inst.file_meta.TransferSyntaxUID))
+        cx = self._contexts.get(key)
+        if cx is None:
+            cx = self._contexts[key] = super().context_for(inst)
+        return cx
+
+
+def install_reactor_thread_store(assoc) -> None:
+    """Route *assoc*'s ``send_c_store`` of :class:`StoredInstance` s made on
+    its own reactor thread (pynetdicom's C-GET service class sending a
+    handler's sub-operations) through a :class:`ReactorThreadSender`: the
+    data set goes to the DUL as stored, without pynetdicom's per-message
+    pause handshake, context search and primitive checks (~0.5 ms a store).
+    Calls from any other thread, and anything but a stored instance in an
+    accepted context, take pynetdicom's own path.  Once per association."""
+    if getattr(assoc, "_osx_reactor_store", None) is not None:
+        return
+    sender = ReactorThreadSender(assoc)
+    original_store = assoc.send_c_store
+
+    def send_c_store(dataset, msg_id=1, priority=2, originator_aet=None, originator_id=None):
+        if (isinstance(dataset, StoredInstance) and threading.current_thread() is assoc
+                and assoc.is_established and not sender.peer_gone()):
+            try:
+                cx = sender.context_for(dataset)
+            except ValueError:
+                cx = None
+            if cx is not None:
+                status = sender.store(dataset, msg_id=msg_id, priority=priority,
+                                      originator_aet=originator_aet, originator_id=originator_id,
+                                      context=cx)
+                return status if status is not None else Dataset()
+        return original_store(dataset, msg_id=msg_id, priority=priority,
+                              originator_aet=originator_aet, originator_id=originator_id)
+
+    assoc._osx_reactor_store = sender
+    assoc.send_c_store = send_c_store
+
+
 def install_paused_store(assoc) -> PausedSender:
     """Route *assoc*'s ``send_c_store`` of :class:`StoredInstance` s through a
     :class:`PausedSender` (everything else, release and abort first resume the

@@ -75,6 +75,7 @@ from .fastpath import (
     install_dimse_hook,
     install_encode_hook,
     install_paused_store,
+    install_reactor_thread_store,
     install_reactor_wakeup,
     received_part10,
     remove_reactor_wakeup,
@@ -867,6 +868,8 @@ class Handlers:
         log.info("C-GET from %s: %s level %s, %d instance(s)", peer, parsed.level.value,
                  parsed.query, len(rows))
         self._count(event, "C-GET")
+        if self.fast_send:
+            install_reactor_thread_store(event.assoc)
         yield len(rows)
         accepted = event.assoc.accepted_contexts
         yield from self._suboperations(event, rows, accepted, "C-GET", peer)

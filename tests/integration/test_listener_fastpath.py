@@ -109,6 +109,64 @@ def test_c_get_sends_the_stored_bytes(runtime, scu):
         assert stored[fastpath.split_part10(stored)[3]:] == data_set
 
 
+def test_c_get_stores_go_through_the_reactor_thread_sender_on_a_reused_association(
+        runtime, scu, monkeypatch):
+    """A C-GET's sub-operations are sent by the association's own thread,
+    straight to the DUL: the peer gets the stored bytes, a second C-GET and a
+    C-FIND on the same association still work, and a store the sender cannot
+    take (no context in the stored syntax) falls back to pynetdicom."""
+    series = _ct(3, patient_id="GETREUSE")
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    sent: list[str] = []
+    original = fastpath.ReactorThreadSender.store
+
+    def counting(self, inst, **kw):
+        sent.append(str(inst.SOPInstanceUID))
+        return original(self, inst, **kw)
+
+    monkeypatch.setattr(fastpath.ReactorThreadSender, "store", counting)
+    received: list[bytes] = []
+
+    def on_store(event):
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = series[0].StudyInstanceUID
+    ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+    find = Dataset()
+    find.QueryRetrieveLevel = "STUDY"
+    find.PatientID = "GETREUSE"
+    find.StudyInstanceUID = ""
+    ctxs = [build_context(StudyRootQueryRetrieveInformationModelGet),
+            build_context(StudyRootQueryRetrieveInformationModelFind),
+            build_context(CTImageStorage, [ImplicitVRLittleEndian])]
+    with scu(runtime.listener_port, ctxs, roles=[build_role(CTImageStorage, scp_role=True)],
+             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        for _ in range(2):
+            statuses = [s.Status for s, _ in
+                        assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+            assert statuses[-1] == st.SUCCESS and statuses.count(st.PENDING) <= 3
+            answers = [(s.Status, i) for s, i in
+                       assoc.send_c_find(find, StudyRootQueryRetrieveInformationModelFind)]
+            assert [a[1].StudyInstanceUID for a in answers if a[0] == st.PENDING] == \
+                [series[0].StudyInstanceUID]
+    assert sorted(sent) == sorted([str(d.SOPInstanceUID) for d in series] * 2)
+    assert len(received) == 6
+    stored = {_stored_bytes(runtime, str(d.SOPInstanceUID)) for d in series}
+    assert {s[fastpath.split_part10(s)[3]:] for s in stored} == set(received)
+    # Only an explicit VR context now: the stored implicit VR bytes need
+    # converting, which the sender leaves to pynetdicom.
+    sent.clear()
+    got: list[Dataset] = []
+    statuses = _c_get_series(runtime, scu, series, ExplicitVRLittleEndian,
+                             lambda e: got.append(e.dataset) or 0x0000)
+    assert statuses[-1] == st.SUCCESS and len(got) == 3 and sent == []
+
+
 def test_c_get_converts_when_the_peer_takes_only_the_other_little_endian(runtime, scu):
     series = _ct(2, patient_id="GETCONV")
     with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
