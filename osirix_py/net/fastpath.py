@@ -558,6 +558,31 @@ def ignores_store_rsp(fn):
     return fn
 
 
+#: Shortest time between two PENDING responses of one C-GET / C-MOVE after
+#: the first (PS3.4 C.4.2.3.1, C.4.3.3.1: pending responses are optional).
+#: Each is a message for both ends per instance sent; a progress bar needs
+#: a few a second.
+PENDING_INTERVAL = 0.1
+
+
+def _pending_too_soon(dimse, primitive) -> bool:
+    """Whether this PENDING C-GET/C-MOVE response follows the previous one of
+    the same request by less than :data:`PENDING_INTERVAL` (then it is not
+    sent; the final response carries the totals)."""
+    if primitive.Status != 0xFF00 or primitive.MessageIDBeingRespondedTo is None:
+        return False
+    import time
+
+    now = time.monotonic()
+    last: dict = dimse.__dict__.setdefault("_osx_last_pending", {})
+    msg_id = int(primitive.MessageIDBeingRespondedTo)
+    before = last.get(msg_id)
+    if before is not None and now - before < PENDING_INTERVAL:
+        return True
+    last[msg_id] = now
+    return False
+
+
 def install_dimse_hook() -> None:
     """Send C-STORE requests and responses without pynetdicom's per-message
     pydicom encoding of the command set.
@@ -583,6 +608,8 @@ def install_dimse_hook() -> None:
 
         def send_msg(self, primitive, context_id: int) -> None:
             kind = type(primitive)
+            if kind in (C_GET, C_MOVE) and _pending_too_soon(self, primitive):
+                return
             if kind in rsp_encoders and primitive.MessageIDBeingRespondedTo is not None:
                 try:
                     cmd = rsp_encoders[kind](primitive) if _sent_handlers_ignore_store_rsp(self.assoc) \
