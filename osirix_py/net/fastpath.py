@@ -233,6 +233,12 @@ def raw_pdata(cx: int, command: bytes, dataset: bytes | None, max_pdu: int):
     PDU (32 of each for a 512 KB image to a 16 KB peer).  The first call
     installs :func:`install_raw_pdata`.
     """
+    return _raw_primitive(cx, message_bytes(cx, command, dataset, max_pdu), dataset is not None)
+
+
+def _raw_primitive(cx: int, raw: bytes, has_dataset: bool):
+    """The :func:`raw_pdata` primitive of already encoded PDUs (one message,
+    or several back to back)."""
     cls = _RAW_CLASS.get("cls")
     if cls is None:
         from pynetdicom.pdu_primitives import P_DATA
@@ -240,9 +246,9 @@ def raw_pdata(cx: int, command: bytes, dataset: bytes | None, max_pdu: int):
         install_raw_pdata()
         cls = _RAW_CLASS["cls"] = type("RawPData", (P_DATA, RawMessage), {})
     prim = cls()
-    prim._osx_raw = message_bytes(cx, command, dataset, max_pdu)
+    prim._osx_raw = raw
     # What anything that inspects P-DATA primitives sees: the first PDV.
-    prim.presentation_data_value_list.append((cx, bytes([0x03 if dataset is None else 0x01])))
+    prim.presentation_data_value_list.append((cx, bytes([0x01 if has_dataset else 0x03])))
     return prim
 
 
@@ -284,7 +290,18 @@ def command_set(elements: list[tuple[int, str, object]]) -> bytes:
 
 # --------------------------------------------------------------------------- C-FIND
 class FindResponder:
-    """Sends C-FIND pending responses for one request straight to the DUL."""
+    """Sends C-FIND pending responses for one request straight to the DUL.
+
+    Responses produced back to back go out together: up to
+    :attr:`BATCH` of them (or :attr:`BATCH_BYTES`, or whatever is there
+    once :attr:`BATCH_SECONDS` have passed since the first) in one DUL
+    primitive and one ``send`` -- one hand-over to the DUL thread instead of
+    one per matching study.  :meth:`flush` before anything else is sent for
+    the request (its final status, or a response pynetdicom encodes)."""
+
+    BATCH = 32
+    BATCH_BYTES = 256 * 1024
+    BATCH_SECONDS = 0.02
 
     def __init__(self, assoc, cx_id: int, transfer_syntax: str, sop_class: str, msg_id: int,
                  status: int):
@@ -300,6 +317,9 @@ class FindResponder:
             (0x00000900, "US", int(status)),
         ])
         self.sent = 0
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._buf_since = 0.0
 
     @classmethod
     def for_event(cls, event, status: int) -> "FindResponder | None":
@@ -322,8 +342,25 @@ class FindResponder:
         return encode_elements(elements, charset, self.implicit)
 
     def send(self, identifier: bytes) -> None:
-        self.assoc.dul.send_pdu(raw_pdata(self.cx_id, self.command, identifier, self.max_pdu))
+        import time
+
+        raw = message_bytes(self.cx_id, self.command, identifier, self.max_pdu)
+        if not self._buf:
+            self._buf_since = time.monotonic()
+        self._buf.append(raw)
+        self._buf_bytes += len(raw)
         self.sent += 1
+        if (len(self._buf) >= self.BATCH or self._buf_bytes >= self.BATCH_BYTES
+                or time.monotonic() - self._buf_since >= self.BATCH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the responses held back so far."""
+        if self._buf:
+            raw = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+            self._buf.clear()
+            self._buf_bytes = 0
+            self.assoc.dul.send_pdu(_raw_primitive(self.cx_id, raw, True))
 
 
 # --------------------------------------------------------------------------- stored files

@@ -677,11 +677,15 @@ class Handlers:
         # (the same bytes; ~10x less CPU per response); a row the fast encoder
         # cannot handle takes pynetdicom's path.
         fast = FindResponder.for_event(event, pending) if self.fast_find else None
+        # (Every yield below sends something for this request: the fast
+        # responses held back go first, in order.)
+        flush = fast.flush if fast is not None else (lambda: None)
         try:
             rows = self.archive.iter_find(parsed.level, parsed.query, fuzzy_names=self.fuzzy_names)
             for row in rows:
                 if event.is_cancelled:
                     log.info("C-FIND from %s cancelled after %d responses", peer, n)
+                    flush()
                     yield st.CANCEL, None
                     return
                 n += 1
@@ -692,20 +696,25 @@ class Handlers:
                         continue
                     except EncodeError:
                         pass
+                flush()
                 yield pending, build_response(parsed, row, self.ae_title, plan)
         except QueryError as exc:
+            flush()
             yield status_ds(st.IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
             return
         except KeyError as exc:
+            flush()
             yield status_ds(st.CANNOT_UNDERSTAND, str(exc.args[0] if exc.args else exc)), None
             return
         except Exception as exc:  # noqa: BLE001 - database unavailable ...
             log.exception("C-FIND from %s failed", peer)
+            flush()
             yield status_ds(st.OUT_OF_RESOURCES, f"query failed: {exc.__class__.__name__}"), None
             return
         finally:
             if rows is not None:
                 rows.close()
+        flush()
         yield st.SUCCESS, None
 
     # ------------------------------------------------------------- retrieve

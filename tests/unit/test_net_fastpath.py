@@ -510,3 +510,32 @@ def test_decode_command_leaves_the_unusual_to_pynetdicom():
     # An element it does not know (OffendingElement, AT), a truncated set.
     assert fastpath.decode_command(struct.pack("<HHI", 0, 0x0901, 4) + b"\x10\x00\x10\x00") is None
     assert fastpath.decode_command(struct.pack("<HHI", 0, 0x0100, 2)) is None
+
+
+def test_find_responses_go_out_in_batches_in_order():
+    """Back-to-back C-FIND responses share DUL primitives (BATCH at most);
+    the bytes on the wire are each response's PDUs, in order."""
+    sent = []
+
+    class _Dul:
+        def send_pdu(self, prim):
+            sent.append(prim._osx_raw)
+
+    class _Dimse:
+        maximum_pdu_size = 16384
+
+    class _Assoc:
+        dul = _Dul()
+        dimse = _Dimse()
+
+    r = fastpath.FindResponder(_Assoc(), 1, "1.2.840.10008.1.2", STUDY_FIND, 5, 0xFF00)
+    r.BATCH_SECONDS = 60.0  # (the time limit has its own test: C-CANCEL of a slow find)
+    idents = [fastpath.encode_elements([(0x00100020, "LO", f"ID{i:03d}")], None, True)
+              for i in range(70)]
+    for ident in idents:
+        r.send(ident)
+    r.flush()
+    r.flush()  # nothing left: sends nothing
+    assert len(sent) == 3  # 32 + 32 + the 6 left at the flush
+    expected = b"".join(fastpath.message_bytes(1, r.command, i, 16384) for i in idents)
+    assert b"".join(sent) == expected and r.sent == 70
