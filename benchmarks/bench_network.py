@@ -132,7 +132,7 @@ def bench_cfind(ctx: Context) -> list[Row]:
             one = fs.manifest["series"][n // 2]["patient_id"]
             queries = [
                 (f"C-FIND PatientName=DOE^J* ({doe:,} of {n:,})", {**_RETURN_KEYS, "PatientName": "DOE^J*"},
-                 doe, 3 if doe > 500 else 6),
+                 doe, 3 if doe > 500 else 16),
                 (f"C-FIND PatientID exact (1 of {n:,})", {**_RETURN_KEYS, "PatientID": one}, 1, 201),
             ]
             for label, keys, expected, reps in queries:
