@@ -441,6 +441,10 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
         _close(assoc, ae)
         moves.__exit__(None, None, None)
         writer.shutdown(wait=True)
+        if pending:
+            # No more instances are coming: their grouped commit need not
+            # wait out its window (up to RETRIEVE_GROUP_WINDOW per retrieve).
+            archive.writer.flush()
         _settle(pending, prog, dimse_timeout)
 
 

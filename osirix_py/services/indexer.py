@@ -98,6 +98,13 @@ class IndexWriter:
         return self.submit(AddOp(record, replace, written),  # type: ignore[arg-type]
                            sync_files=sync_files, window=window)
 
+    def flush(self) -> Future:
+        """Commit what is queued now: a batch waiting out its window for more
+        ops (see :meth:`submit`) stops waiting.  The caller that knows no
+        more are coming (a retrieve that got its final response) saves the
+        rest of the window."""
+        return self.submit(_no_op)
+
     def run(self, op: Op, timeout: float | None = None):
         """Submit *op* and wait for its committed result (re-raises its error)."""
         return self.submit(op).result(timeout)
@@ -243,6 +250,10 @@ class IndexWriter:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _no_op(conn: Connection) -> None:
+    return None
 
 
 def _wait_written(ops: list, *, raise_error: bool) -> None:

@@ -177,3 +177,22 @@ def test_files_written_beside_the_insert_are_in_place_before_a_files_first_sync(
         assert _rows_seen_by_another_connection(db_path, sop) == 1
     finally:
         archive.close()
+
+
+def test_flush_ends_a_window_at_once(tmp_path):
+    """A retrieve that got its final response flushes: the grouped commit of
+    its last instances does not wait out the rest of the window."""
+    archive = Archive(open_database(f"sqlite:///{tmp_path / 'index.sqlite'}"),
+                      FileStore(tmp_path / "store"))
+    try:
+        futs = [archive.submit_bytes(_instance_bytes(seed)[0], origin="retrieve", window=5.0)
+                for seed in range(3)]
+        time.sleep(0.1)
+        assert not any(f.done() for f in futs)  # waiting for more within the window
+        t0 = time.monotonic()
+        archive.writer.flush().result(5)
+        assert [f.result(5).status for f in futs] == ["stored"] * 3
+        assert time.monotonic() - t0 < 2.0
+        assert archive.count("image") == 3
+    finally:
+        archive.close()
