@@ -50,6 +50,7 @@ import io
 import queue
 import struct
 import threading
+import time
 
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -342,8 +343,6 @@ class FindResponder:
         return encode_elements(elements, charset, self.implicit)
 
     def send(self, identifier: bytes) -> None:
-        import time
-
         raw = message_bytes(self.cx_id, self.command, identifier, self.max_pdu)
         if not self._buf:
             self._buf_since = time.monotonic()
@@ -608,8 +607,6 @@ def _pending_too_soon(dimse, primitive) -> bool:
     sent; the final response carries the totals)."""
     if primitive.Status != 0xFF00 or primitive.MessageIDBeingRespondedTo is None:
         return False
-    import time
-
     now = time.monotonic()
     last: dict = dimse.__dict__.setdefault("_osx_last_pending", {})
     msg_id = int(primitive.MessageIDBeingRespondedTo)
@@ -729,8 +726,6 @@ def pause_reactor(assoc) -> None:
     hundred stores on a loaded 2-core machine).  Clearing the checkpoint
     first and seeing the flag stay set closes most of that window.
     """
-    import time
-
     cp = getattr(assoc, "_reactor_checkpoint", None)
     if cp is None or not hasattr(assoc, "_is_paused"):
         return
@@ -863,39 +858,19 @@ def install_reactor_thread_store(assoc) -> None:
     if getattr(assoc, "_osx_reactor_store", None) is not None:
         return
     sender = ReactorThreadSender(assoc)
-    original_store = assoc.send_c_store
-
-    def send_c_store(dataset, msg_id=1, priority=2, originator_aet=None, originator_id=None):
-        if (isinstance(dataset, StoredInstance) and threading.current_thread() is assoc
-                and assoc.is_established and not sender.peer_gone()):
-            try:
-                cx = sender.context_for(dataset)
-            except ValueError:
-                cx = None
-            if cx is not None:
-                status = sender.store(dataset, msg_id=msg_id, priority=priority,
-                                      originator_aet=originator_aet, originator_id=originator_id,
-                                      context=cx)
-                return status if status is not None else Dataset()
-        return original_store(dataset, msg_id=msg_id, priority=priority,
-                              originator_aet=originator_aet, originator_id=originator_id)
-
     assoc._osx_reactor_store = sender
-    assoc.send_c_store = send_c_store
+    assoc.send_c_store = _stored_sender(assoc, sender, assoc.send_c_store,
+                                        lambda: threading.current_thread() is assoc)
 
 
-def install_paused_store(assoc) -> PausedSender:
-    """Route *assoc*'s ``send_c_store`` of :class:`StoredInstance` s through a
-    :class:`PausedSender` (everything else, release and abort first resume the
-    reactor and take pynetdicom's own path).  For the associations that
-    pynetdicom's C-MOVE service class opens and drives itself."""
-    sender = PausedSender(assoc)
-    original_store = assoc.send_c_store
-    original_release = assoc.release
-    original_abort = assoc.abort
+def _stored_sender(assoc, sender: PausedSender, original_store, allowed=lambda: True):
+    """A ``send_c_store`` for *assoc* that sends a :class:`StoredInstance` in
+    its own syntax through *sender* (when *allowed*, the association is up,
+    the peer is still there and a context accepts it); anything else resumes
+    the sender and takes *original_store*."""
 
     def send_c_store(dataset, msg_id=1, priority=2, originator_aet=None, originator_id=None):
-        if isinstance(dataset, StoredInstance) and assoc.is_established:
+        if isinstance(dataset, StoredInstance) and assoc.is_established and allowed():
             try:
                 cx = sender.context_for(dataset)
             except ValueError:
@@ -908,6 +883,19 @@ def install_paused_store(assoc) -> PausedSender:
         sender.resume()
         return original_store(dataset, msg_id=msg_id, priority=priority,
                               originator_aet=originator_aet, originator_id=originator_id)
+
+    return send_c_store
+
+
+def install_paused_store(assoc) -> PausedSender:
+    """Route *assoc*'s ``send_c_store`` of :class:`StoredInstance` s through a
+    :class:`PausedSender` (everything else, release and abort first resume the
+    reactor and take pynetdicom's own path).  For the associations that
+    pynetdicom's C-MOVE service class opens and drives itself."""
+    sender = PausedSender(assoc)
+    original_release = assoc.release
+    original_abort = assoc.abort
+    send_c_store = _stored_sender(assoc, sender, assoc.send_c_store)
 
     def release():
         sender.resume()
@@ -1189,8 +1177,6 @@ class TimeModule:
     (its ``sleep``)."""
 
     def __getattr__(self, name):
-        import time
-
         return getattr(time, name)
 
 
@@ -1226,8 +1212,6 @@ class _ReactorTime(TimeModule):
 
     @staticmethod
     def sleep(secs: float) -> None:
-        import time
-
         if secs == 0.001:
             ev = _REACTOR_WAKE.get(threading.get_ident())
             if ev is not None:
