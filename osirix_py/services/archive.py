@@ -46,32 +46,32 @@ PENDING_COMMITS = 1024
 
 #: Files at least this large are hashed beside their write (see _submit_locked).
 _PARALLEL_HASH = 128 * 1024
-_HASHER: ThreadPoolExecutor | None = None
-_HASHER_LOCK = threading.Lock()
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """The process-wide helper thread pool *name*, started on first use."""
+    pool = _POOLS.get(name)
+    if pool is None:
+        with _POOLS_LOCK:
+            pool = _POOLS.get(name)
+            if pool is None:
+                pool = _POOLS[name] = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    return pool
 
 
 def _hasher() -> ThreadPoolExecutor:
-    global _HASHER
-    if _HASHER is None:
-        with _HASHER_LOCK:
-            if _HASHER is None:
-                _HASHER = ThreadPoolExecutor(2, thread_name_prefix="sha256")
-    return _HASHER
+    return _pool("sha256", 2)
 
 
 #: Threads that write single stored instances (C-STORE, STOW) beside their
 #: index insert: one per association storing at once.
-_DURABLE_WRITERS = 16
-_WRITER_POOL: ThreadPoolExecutor | None = None
+_STORE_WRITERS = 16
 
 
 def _writer_pool() -> ThreadPoolExecutor:
-    global _WRITER_POOL
-    if _WRITER_POOL is None:
-        with _HASHER_LOCK:
-            if _WRITER_POOL is None:
-                _WRITER_POOL = ThreadPoolExecutor(_DURABLE_WRITERS, thread_name_prefix="store-write")
-    return _WRITER_POOL
+    return _pool("store-write", _STORE_WRITERS)
 
 
 class ArchiveError(RuntimeError):
