@@ -150,33 +150,31 @@ class FileStore:
         made: list[str] = []
         try:
             # The parent (the first shard level) usually exists: one mkdir.
-            os.mkdir(s)
-            made.append(s)
-        except FileExistsError:
-            pass
+            self._mkdir(d, made, parent_may_be_missing=True)
         except FileNotFoundError:
-            parent = d.parent
-            try:
-                os.mkdir(parent)
-                made.append(str(parent))
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                if not parent.is_dir():
-                    self._raise(exc, parent)
-            try:
-                os.mkdir(s)
-                made.append(s)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                self._raise(exc, d)
-        except OSError as exc:
-            if not d.is_dir():
-                self._raise(exc, d)
+            self._mkdir(d.parent, made)
+            self._mkdir(d, made)
         with self._lock:
             self._made_dirs.add(s)
         return made
+
+    def _mkdir(self, d: Path, made: list[str], *, parent_may_be_missing: bool = False) -> None:
+        """Make folder *d* (appended to *made*) unless it is there already;
+        a failure is a StorageError -- but a missing parent is re-raised
+        as FileNotFoundError when *parent_may_be_missing*."""
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            return
+        except FileNotFoundError as exc:
+            if parent_may_be_missing:
+                raise
+            self._raise(exc, d)
+        except OSError as exc:
+            if not d.is_dir():
+                self._raise(exc, d)
+            return
+        made.append(str(d))
 
     @staticmethod
     def _raise(exc: OSError, where: Path):
