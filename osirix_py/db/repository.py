@@ -326,8 +326,9 @@ def find(
 #: Value representations whose plain value (no wildcard, list or range) is
 #: matched by equality alone in :func:`~osirix_py.db.matching.match_clause`.
 _EQUALITY_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UI"})
-#: (level, keys) -> (SQL, result column names) of exact-match queries.
-_EXACT_SQL: dict[tuple, tuple[str, list[str]]] = {}
+#: (level, keys) -> (SQL, the index in the keys of each positional
+#: parameter) of exact-match queries.
+_EXACT_SQL: dict[tuple, tuple[str, list[int]]] = {}
 _EXACT_SQL_MAX = 256
 
 
