@@ -64,6 +64,7 @@ from .fastpath import (
     install_encode_hook,
     pause_reactor,
     received_part10,
+    serve_stores_inline,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
 from .scu import ScuError, Target, open_association
@@ -348,6 +349,8 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     assoc, ae = open_association(target, calling_ae, contexts, timeout=timeout,
                                  what=f"C-{method.upper()}", ext_neg=ext_neg, handlers=handlers,
                                  dimse_timeout=dimse_timeout)
+    if method == "get":
+        serve_stores_inline(assoc)
     what = f"C-{method.upper()}"
     cancel_sent = [0.0]
 

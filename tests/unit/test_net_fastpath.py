@@ -539,3 +539,53 @@ def test_find_responses_go_out_in_batches_in_order():
     assert len(sent) == 3  # 32 + 32 + the 6 left at the flush
     expected = b"".join(fastpath.message_bytes(1, r.command, i, 16384) for i in idents)
     assert b"".join(sent) == expected and r.sent == 70
+
+
+def _store_rq_pdvs(cx: int, sop_instance: str, data: bytes) -> list:
+    """The PDV items ((context id, control byte + fragment)) of a C-STORE-RQ."""
+    cmd = fastpath.command_set([
+        (0x00000002, "UI", "1.2.840.10008.5.1.4.1.1.2"),
+        (0x00000100, "US", 0x0001),
+        (0x00000110, "US", 7),
+        (0x00000700, "US", 0),
+        (0x00000800, "US", 0x0000),
+        (0x00001000, "UI", sop_instance),
+    ])
+    return [(cx, b"\x03" + cmd), (cx, b"\x00" + data[:10]), (cx, b"\x02" + data[10:])]
+
+
+def test_inline_stores_are_served_on_arrival_unless_a_message_waits():
+    import queue
+
+    served: list = []
+
+    class _Assoc:
+        def get_handlers(self, event):
+            return []
+
+    class _Dimse:
+        def __init__(self, assoc):
+            self.assoc = assoc
+            self.message = None
+            self.msg_queue = queue.Queue()
+
+    assoc = _Assoc()
+    assoc.dimse = _Dimse(assoc)
+    assoc._c_store_scp = served.append
+    data = bytes(range(40))
+    # Without serve_stores_inline the request is queued for the waiting thread.
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(1, "1.2.3.1", data))
+    assert served == [] and assoc.dimse.msg_queue.qsize() == 1
+    fastpath.serve_stores_inline(assoc)
+    # A message still waits in the queue: this one queues behind it (the
+    # peer's order is kept) ...
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(1, "1.2.3.2", data))
+    assert served == [] and assoc.dimse.msg_queue.qsize() == 2
+    assoc.dimse.msg_queue = queue.Queue()
+    # ... with none waiting, it is served at once, with its whole data set.
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.3", data))
+    assert assoc.dimse.msg_queue.empty() and len(served) == 1
+    req = served[0]
+    assert isinstance(req, C_STORE) and req.AffectedSOPInstanceUID == "1.2.3.3"
+    assert req._context_id == 3 and req.DataSet.getvalue() == data
+
