@@ -183,6 +183,61 @@ def quiet_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
+#: Most UIDs that pynetdicom's ``set_uid`` has converted and checked, by
+#: argument (see :func:`install_uid_cache`); emptied when it reaches the limit.
+_UID_CACHE: dict = {}
+_UID_CACHE_LIMIT = 16384
+
+
+def install_uid_cache() -> None:
+    """Remember the UIDs that pynetdicom has already converted and checked.
+
+    pynetdicom converts and validates every UID it is given or receives
+    (``utils.set_uid``: pydicom's ``UID()`` with its regular-expression check,
+    then its own and the conformance check): ~40 us each, ~2,000 times for an
+    association request with 128 presentation contexts (50 ms) and several
+    times per C-STORE message.  Nearly all of them are the same few hundred
+    SOP class and transfer syntax UIDs.  The wrapped ``set_uid`` returns the
+    same ``UID`` object for the same arguments (and the same
+    conformance setting); a value that fails raises every time as before (an
+    error is not remembered), and a non-conformant one is warned about once
+    while remembered.
+    """
+    import pynetdicom.ae
+    import pynetdicom.dimse_primitives
+    import pynetdicom.pdu_items
+    import pynetdicom.pdu_primitives
+    import pynetdicom.presentation
+    import pynetdicom.utils
+    from pynetdicom import _config
+
+    with _hook_lock:
+        original = pynetdicom.utils.set_uid
+        if getattr(original, "_osx_hook", False):
+            return
+
+        def set_uid(value, name, allow_empty=True, allow_none=True, validate=True):
+            if type(value) not in (str, bytes) and (type(value) is not UID or hasattr(
+                    value, "_PRIVATE_TS_ENCODING")):
+                return original(value, name, allow_empty, allow_none, validate)
+            key = (value, name, allow_empty, allow_none, validate, _config.ENFORCE_UID_CONFORMANCE)
+            try:
+                return _UID_CACHE[key]
+            except KeyError:
+                pass
+            uid = original(value, name, allow_empty, allow_none, validate)
+            if len(_UID_CACHE) >= _UID_CACHE_LIMIT:
+                _UID_CACHE.clear()
+            _UID_CACHE[key] = uid
+            return uid
+
+        set_uid._osx_hook = True  # type: ignore[attr-defined]
+        for module in (pynetdicom.utils, pynetdicom.ae, pynetdicom.dimse_primitives,
+                       pynetdicom.pdu_items, pynetdicom.pdu_primitives, pynetdicom.presentation):
+            if getattr(module, "set_uid", None) is original:
+                module.set_uid = set_uid
+
+
 # --------------------------------------------------------------------------- P-DATA
 #: P-DATA-TF PDU header with its one PDV item's header: PDU type 04, reserved,
 #: PDU length, PDV item length, presentation context ID, message control header.

@@ -74,6 +74,7 @@ from .fastpath import (
     ignores_store_rsp,
     install_dimse_hook,
     install_encode_hook,
+    install_uid_cache,
     install_paused_store,
     install_reactor_thread_store,
     install_reactor_wakeup,
@@ -477,6 +478,7 @@ class Handlers:
         if fast_paths:
             install_encode_hook()
             install_dimse_hook()
+            install_uid_cache()
         self.nodes = nodes
         self.ae_title = ae_title
         self.max_pdu = max_pdu

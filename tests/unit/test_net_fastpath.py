@@ -589,3 +589,34 @@ def test_inline_stores_are_served_on_arrival_unless_a_message_waits():
     assert isinstance(req, C_STORE) and req.AffectedSOPInstanceUID == "1.2.3.3"
     assert req._context_id == 3 and req.DataSet.getvalue() == data
 
+
+def test_uid_cache_gives_what_set_uid_gives_and_still_refuses_bad_uids():
+    import pynetdicom.pdu_items
+    import pynetdicom.utils
+    from pynetdicom import _config
+    from pydicom.uid import UID
+
+    fastpath.install_uid_cache()
+    set_uid = pynetdicom.utils.set_uid
+    assert pynetdicom.pdu_items.set_uid is set_uid and getattr(set_uid, "_osx_hook", False)
+    for value in ("1.2.840.10008.1.2", b"1.2.840.10008.1.2.1", UID("1.2.3.4"), "1.2.5 "):
+        for _ in range(2):
+            got = set_uid(value, "Test UID")
+            text = value.decode() if isinstance(value, bytes) else value
+            assert isinstance(got, UID) and got == text.strip()
+    assert set_uid(None, "Test UID") is None
+    with pytest.raises(TypeError):
+        set_uid(12, "Test UID")
+    for _ in range(2):  # an error is not remembered: raised every time
+        with pytest.raises(ValueError):
+            set_uid("", "Test UID", allow_empty=False)
+        with pytest.raises(ValueError):
+            set_uid("1." * 40, "Test UID")
+    saved = _config.ENFORCE_UID_CONFORMANCE
+    try:
+        assert set_uid("1.02.3", "Test UID") == "1.02.3"  # non-conformant: accepted ...
+        _config.ENFORCE_UID_CONFORMANCE = True
+        with pytest.raises(ValueError):  # ... but not once conformance is enforced
+            set_uid("1.02.3", "Test UID")
+    finally:
+        _config.ENFORCE_UID_CONFORMANCE = saved
