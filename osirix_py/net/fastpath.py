@@ -238,6 +238,145 @@ def install_uid_cache() -> None:
                 module.set_uid = set_uid
 
 
+# --------------------------------------------------------------------------- A-ASSOCIATE-RQ
+def _item(item_type: int, body: bytes) -> bytes:
+    """A PDU item or sub-item: type, reserved, 2-byte big-endian length, body."""
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def _uid_bytes(uid) -> bytes:
+    return str(uid).encode("ascii")
+
+
+#: What :func:`encode_associate_rq` encodes of a requestor's user
+#: information, by primitive class name -> encoder of the sub-item's body.
+_USER_INFO_ENCODERS = {
+    "MaximumLengthNotification": lambda p: (0x51, struct.pack(">I", int(p.maximum_length_received))),
+    "ImplementationClassUIDNotification": lambda p: (0x52, _uid_bytes(p.implementation_class_uid)),
+    "AsynchronousOperationsWindowNegotiation": lambda p: (
+        0x53, struct.pack(">HH", int(p.maximum_number_operations_invoked),
+                          int(p.maximum_number_operations_performed))),
+    "SCP_SCU_RoleSelectionNegotiation": lambda p: (
+        0x54, struct.pack(">H", len(_uid_bytes(p.sop_class_uid))) + _uid_bytes(p.sop_class_uid)
+        + bytes((int(bool(p.scu_role)), int(bool(p.scp_role))))),
+    "ImplementationVersionNameNotification": lambda p: (
+        0x55, p.implementation_version_name.encode("ascii")
+        if isinstance(p.implementation_version_name, str) else bytes(p.implementation_version_name)),
+}
+
+
+def encode_associate_rq(primitive) -> bytes | None:
+    """The A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) of a requestor's A-ASSOCIATE
+    primitive, byte for byte what pynetdicom encodes, built directly.
+
+    pynetdicom builds an item object per presentation context, abstract and
+    transfer syntax and user information sub-item, converting and checking
+    each UID again on the way: ~15 ms for the 128 contexts x 11 transfer
+    syntaxes (+ 127 role selections) of a C-GET association, ~0.3 ms here.
+    The primitive's values were checked when it was built.  None for what
+    only pynetdicom encodes (extended negotiation, user identity, a value
+    that is not plain ASCII): the caller falls back to it.
+    """
+    try:
+        contexts = []
+        for cx in primitive.presentation_context_definition_list:
+            body = [bytes((int(cx.context_id), 0, 0, 0)), _item(0x30, _uid_bytes(cx.abstract_syntax))]
+            body += [_item(0x40, _uid_bytes(ts)) for ts in cx.transfer_syntax]
+            contexts.append(_item(0x20, b"".join(body)))
+        user = []
+        for sub in primitive.user_information:
+            encoder = _USER_INFO_ENCODERS.get(type(sub).__name__)
+            if encoder is None:
+                return None
+            user.append(_item(*encoder(sub)))
+        called = primitive.called_ae_title.encode("ascii")
+        calling = primitive.calling_ae_title.encode("ascii")
+        if len(called) > 16 or len(calling) > 16:
+            return None
+        body = b"".join([
+            struct.pack(">HH", 1, 0), called.ljust(16), calling.ljust(16), bytes(32),
+            _item(0x10, _uid_bytes(primitive.application_context_name)),
+            *contexts,
+            _item(0x50, b"".join(user)),
+        ])
+    except (AttributeError, TypeError, ValueError, UnicodeError, struct.error):
+        return None
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def install_fast_associate_rq() -> None:
+    """Send association requests encoded by :func:`encode_associate_rq`.
+
+    Replaces the state machine's action AE-2 (send the A-ASSOCIATE-RQ once
+    connected) in pynetdicom's table: the same primitive taken from the same
+    queue, the same bytes on the socket, the same next state.  pynetdicom's
+    own action runs when an ``EVT_PDU_SENT`` handler is bound (it is given
+    the PDU object) or the request holds what is encoded only there.
+    """
+    from pynetdicom import evt, fsm
+
+    with _hook_lock:
+        description, original, next_state = fsm.ACTIONS["AE-2"]
+        if getattr(original, "_osx_hook", False):
+            return
+
+        def send_associate_rq(dul) -> str:
+            primitive = dul.to_provider_queue.queue[0] if dul.to_provider_queue.queue else None
+            request = getattr(primitive, "request", None)
+            raw = None
+            if request is not None and dul.socket is not None \
+                    and not dul.assoc.get_handlers(evt.EVT_PDU_SENT):
+                raw = encode_associate_rq(request)
+            if raw is None:
+                return original(dul)
+            dul.to_provider_queue.get(False)
+            dul.socket.send(raw)
+            return next_state
+
+        send_associate_rq._osx_hook = True  # type: ignore[attr-defined]
+        fsm.ACTIONS["AE-2"] = (description, send_associate_rq, next_state)
+
+
+#: How often a closing association looks whether its DUL has stopped.
+KILL_POLL = 0.0005
+
+
+def install_quick_kill() -> None:
+    """Let a closing association notice its DUL stop within 0.5 ms.
+
+    ``Association.kill`` (after every release or abort, on both sides) polls
+    ``dul.stop_dul()`` and sleeps 10 ms between tries; the DUL nearly always
+    reaches its idle state a moment after the first try, so each association
+    ended ~10-12 ms after its release was done.  The same loop, polling every
+    :data:`KILL_POLL` seconds.
+    """
+    from pynetdicom.association import Association
+
+    with _hook_lock:
+        if getattr(Association.kill, "_osx_hook", False):
+            return
+
+        def kill(self) -> None:
+            self._reactor_checkpoint.set()
+            self._kill = True
+            self.is_established = False
+            self._is_paused = True
+            while self.dul.is_alive() and not self.dul.stop_dul():
+                time.sleep(KILL_POLL)
+
+        kill._osx_hook = True  # type: ignore[attr-defined]
+        Association.kill = kill
+
+
+def install_association_hooks() -> None:
+    """The association set-up and tear-down speed-ups above (process-wide;
+    for the client and for the listener, whose C-MOVE sub-associations are
+    requests too)."""
+    install_uid_cache()
+    install_fast_associate_rq()
+    install_quick_kill()
+
+
 # --------------------------------------------------------------------------- P-DATA
 #: P-DATA-TF PDU header with its one PDV item's header: PDU type 04, reserved,
 #: PDU length, PDV item length, presentation context ID, message control header.

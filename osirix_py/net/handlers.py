@@ -73,8 +73,8 @@ from .fastpath import (
     StoredInstance,
     ignores_store_rsp,
     install_dimse_hook,
+    install_association_hooks,
     install_encode_hook,
-    install_uid_cache,
     install_paused_store,
     install_reactor_thread_store,
     install_reactor_wakeup,
@@ -478,7 +478,7 @@ class Handlers:
         if fast_paths:
             install_encode_hook()
             install_dimse_hook()
-            install_uid_cache()
+            install_association_hooks()
         self.nodes = nodes
         self.ae_title = ae_title
         self.max_pdu = max_pdu

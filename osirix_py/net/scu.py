@@ -16,7 +16,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from ..dicom import status as st
-from .fastpath import ContextList, install_uid_cache, quiet_pynetdicom
+from .fastpath import ContextList, install_association_hooks, quiet_pynetdicom
 from .tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def open_association(target: Target, calling_ae: str, contexts, *, timeout: floa
     """
     deadline = time.monotonic() + timeout
     quiet_pynetdicom()
-    install_uid_cache()
+    install_association_hooks()
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout

@@ -620,3 +620,113 @@ def test_uid_cache_gives_what_set_uid_gives_and_still_refuses_bad_uids():
             set_uid("1.02.3", "Test UID")
     finally:
         _config.ENFORCE_UID_CONFORMANCE = saved
+
+
+def _associate_rq(contexts, user_information, called="ORTHANC", calling="OSIRIXPY"):
+    import copy
+
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+    p = A_ASSOCIATE()
+    p.application_context_name = "1.2.840.10008.3.1.1.1"
+    p.calling_ae_title, p.called_ae_title = calling, called
+    for i, cx in enumerate(copy.deepcopy(contexts)):
+        cx.context_id = 2 * i + 1
+        p.presentation_context_definition_list.append(cx)
+    p.user_information = list(user_information)
+    return p
+
+
+def _user_info(*, version=True, window=None):
+    from pynetdicom.pdu_primitives import (
+        AsynchronousOperationsWindowNegotiation,
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+    )
+
+    items = [MaximumLengthNotification(), ImplementationClassUIDNotification()]
+    items[0].maximum_length_received = 16382
+    items[1].implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"
+    if version:
+        items.append(ImplementationVersionNameNotification())
+        items[-1].implementation_version_name = "OSIRIX_PY_1"
+    if window:
+        items.append(AsynchronousOperationsWindowNegotiation())
+        items[-1].maximum_number_operations_invoked, \
+            items[-1].maximum_number_operations_performed = window
+    return items
+
+
+def test_associate_rq_encoded_as_pynetdicom_encodes_it():
+    from pynetdicom import build_context
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+    from osirix_py.net import client
+
+    get_contexts, roles = client._get_negotiation()  # 128 contexts, 127 SCP roles
+    cases = [
+        _associate_rq(get_contexts, _user_info() + list(roles)),
+        _associate_rq([build_context("1.2.840.10008.1.1")], _user_info(version=False), "A", "B"),
+        _associate_rq([build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.4.90"])],
+                      _user_info(window=(2, 3)), "CALLED_16_CHARS_", "X"),
+    ]
+    for p in cases:
+        assert fastpath.encode_associate_rq(p) == A_ASSOCIATE_RQ(p).encode()
+
+
+def test_associate_rq_with_what_only_pynetdicom_encodes_is_left_to_it():
+    from pynetdicom import build_context
+    from pynetdicom.pdu_primitives import UserIdentityNegotiation
+
+    ident = UserIdentityNegotiation()
+    ident.user_identity_type = 1
+    ident.primary_field = b"radiologist"
+    p = _associate_rq([build_context("1.2.840.10008.1.1")], _user_info() + [ident])
+    assert fastpath.encode_associate_rq(p) is None
+
+
+def test_associations_with_the_hooks_negotiate_and_close_as_pynetdicoms(tmp_path):
+    """A pynetdicom SCP sees the same request with and without the hooks
+    (also through pynetdicom's own encoding when an EVT_PDU_SENT handler
+    wants the PDU object), and after each release both DUL threads end."""
+    import socket
+
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.sop_class import CTImageStorage, Verification
+
+    fastpath.install_association_hooks()
+    seen: list = []
+    scp = AE(ae_title="PEER")
+    scp.add_supported_context(Verification)
+    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+                              scp_role=True, scu_role=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_REQUESTED, lambda e: seen.append(e.assoc))])
+    try:
+        for pdu_sent in (False, True):
+            sent: list = []
+            handlers = [(evt.EVT_PDU_SENT, lambda e: sent.append(e.pdu))] if pdu_sent else []
+            scu = AE(ae_title="OSIRIXPY")
+            scu.add_requested_context(Verification)
+            scu.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+            assoc = scu.associate("127.0.0.1", port, ae_title="PEER",
+                                  ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                                  evt_handlers=handlers)
+            assert assoc.is_established
+            cts = {cx.abstract_syntax: cx for cx in assoc.accepted_contexts}
+            assert set(cts) == {Verification, CTImageStorage}
+            assert cts[CTImageStorage].transfer_syntax == ["1.2.840.10008.1.2.1"]
+            assert cts[CTImageStorage].as_scp  # the role selection went through
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+            assert assoc.is_released and not assoc.dul.is_alive()
+            assert any(isinstance(p, A_ASSOCIATE_RQ) for p in sent) == pdu_sent
+            scu.shutdown()
+        assert [a.requestor.ae_title for a in seen] == ["OSIRIXPY", "OSIRIXPY"]
+    finally:
+        server.shutdown()
