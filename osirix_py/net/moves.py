@@ -28,7 +28,12 @@ from typing import Iterator
 #: How long the index commit of a retrieved instance may wait to take more
 #: instances with it (one commit and one file-system sync per group instead of
 #: one per instance; the retrieve waits for every commit before it reports).
-RETRIEVE_GROUP_WINDOW = 0.05
+#: The window runs from the instance's arrival, and the instances received
+#: during a group's commit and sync form the next group anyway; a short one
+#: keeps the last group, whose sync the retrieve waits for, small (measured,
+#: 100 CT from Orthanc: 50 ms -> a last sync of ~20 instances, 20-30 ms;
+#: 10 ms -> ~5 ms).
+RETRIEVE_GROUP_WINDOW = 0.01
 
 
 @dataclass

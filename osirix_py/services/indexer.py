@@ -66,6 +66,7 @@ class IndexWriter:
         #: (:meth:`Archive.check`: size differs -> row removed) repairs them.
         self.sync_covers_db = sync_covers_db and db.is_sqlite
         self._lazy_conn = None  # the writer thread's own connection (see _commit_lazily)
+        #: (op, future, sync files, deadline of its window or 0) per submitted op
         self._q: queue.Queue[tuple[Op, Future, bool, float] | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -81,11 +82,14 @@ class IndexWriter:
         that long for more ops -- one commit and one sync for a whole run of
         received instances instead of one per instance.  A batch that holds
         any op without a window (a C-STORE waiting to answer) never waits.
+        The window runs from the submit (time spent queued behind the
+        previous batch's commit and sync counts), so a steady stream of ops
+        is committed batch after batch without idle gaps.
         """
         if self._closed:
             raise WriterClosed("the archive is shutting down")
         fut: Future = Future()
-        self._q.put((op, fut, sync_files, window))
+        self._q.put((op, fut, sync_files, time.monotonic() + window if window > 0 else 0.0))
         return fut
 
     def submit_add(self, record: repo.InstanceRecord, *, replace: bool = False,
@@ -129,23 +133,19 @@ class IndexWriter:
             if item is None:
                 return
             batch = [item]
-            window = item[3]
-            deadline = time.monotonic() + window
+            deadline = item[3]  # 0: someone waits for this op (see submit)
             while len(batch) < self.max_batch:
                 try:
-                    if window > 0:
-                        left = deadline - time.monotonic()
-                        nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
-                    else:
-                        nxt = self._q.get_nowait()
+                    left = deadline - time.monotonic() if deadline else 0.0
+                    nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._q.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
-                if nxt[3] <= 0:
-                    window = 0.0  # someone is waiting: commit what is here now
+                if not nxt[3]:
+                    deadline = 0.0  # someone is waiting: commit what is here now
             self._execute(batch)
 
     def _execute(self, batch: list[tuple[Op, Future, bool, float]]) -> None:

@@ -196,3 +196,28 @@ def test_flush_ends_a_window_at_once(tmp_path):
         assert archive.count("image") == 3
     finally:
         archive.close()
+
+
+def test_a_window_counts_the_time_spent_queued_behind_another_commit(tmp_path):
+    """Instances received while the previous group commits and syncs have
+    waited already: once that group is done they commit at once if their
+    window has run out meanwhile, instead of waiting a whole window more."""
+    archive = Archive(open_database(f"sqlite:///{tmp_path / 'index.sqlite'}"),
+                      FileStore(tmp_path / "store"))
+    try:
+        started = threading.Event()
+
+        def slow_commit(conn):  # a long group commit (a slow disk's sync)
+            started.set()
+            time.sleep(1.5)
+
+        blocker = archive.writer.submit(slow_commit)
+        assert started.wait(5)
+        fut = archive.submit_bytes(_instance_bytes(1)[0], origin="retrieve", window=1.0)
+        blocker.result(5)
+        # Its 1 s window ran out while it was queued: committed right after
+        # the blocker (before, it waited 1 s more: ~2.5 s in all).
+        assert fut.result(0.8).status == "stored"
+        assert archive.count("image") == 1
+    finally:
+        archive.close()
