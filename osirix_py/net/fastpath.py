@@ -811,6 +811,22 @@ def _pending_too_soon(dimse, primitive) -> bool:
     return False
 
 
+def send_pdata(dul, primitive) -> None:
+    """Send a :func:`raw_pdata` primitive: written at once when the DUL's own
+    thread sends it (a request served inline, see :func:`serve_stores_inline`)
+    with nothing queued before it, as action DT-1 would write it a moment
+    later; otherwise queued with ``dul.send_pdu`` as usual."""
+    from pynetdicom import evt
+
+    if (threading.get_ident() == dul.ident and not dul.to_provider_queue.queue
+            and dul.event_queue.empty() and dul.socket is not None
+            and dul.state_machine.current_state == "Sta6"
+            and not dul.assoc.get_handlers(evt.EVT_PDU_SENT)):
+        dul.socket.send(primitive._osx_raw)
+        return
+    dul.send_pdu(primitive)
+
+
 def install_dimse_hook() -> None:
     """Send C-STORE requests and responses without pynetdicom's per-message
     pydicom encoding of the command set.
@@ -845,8 +861,8 @@ def install_dimse_hook() -> None:
                 except Exception:  # noqa: BLE001 - the general path decides
                     cmd = None
                 if cmd is not None:
-                    self.dul.send_pdu(raw_pdata(int(context_id), cmd, None,
-                                                int(self.maximum_pdu_size or 0)))
+                    send_pdata(self.dul, raw_pdata(int(context_id), cmd, None,
+                                                   int(self.maximum_pdu_size or 0)))
                     return
             if type(primitive) is C_STORE:
                 dataset = None
@@ -864,8 +880,8 @@ def install_dimse_hook() -> None:
                 except Exception:  # noqa: BLE001 - the general path decides
                     cmd = None
                 if cmd is not None:
-                    self.dul.send_pdu(raw_pdata(int(context_id), cmd, dataset,
-                                                int(self.maximum_pdu_size or 0)))
+                    send_pdata(self.dul, raw_pdata(int(context_id), cmd, dataset,
+                                                   int(self.maximum_pdu_size or 0)))
                     return
             original(self, primitive, context_id)
 
@@ -1242,6 +1258,49 @@ def serve_stores_inline(assoc) -> None:
     peer's); the handler must be quick (hand the data to a worker).
     """
     assoc._osx_inline_store = assoc._c_store_scp
+
+
+def serve_requests_inline(assoc) -> None:
+    """Serve the C-STORE requests that arrive on the accepted association
+    *assoc* on its DUL thread, as each is received (see
+    :func:`serve_stores_inline`): pynetdicom's own ``_serve_request`` (the
+    Storage service class, the ``EVT_C_STORE`` handler, the response), minus
+    the hand-off to the association's thread and back.
+
+    One request at a time per association, whichever thread serves it: the
+    association thread takes the same lock around each request it serves,
+    and a C-STORE that arrives while it holds it (a peer with asynchronous
+    operations, say) is queued for it as before.
+    """
+    from pynetdicom.association import Association
+
+    with _hook_lock:
+        original = Association._serve_request
+        if not getattr(original, "_osx_hook", False):
+            def _serve_request(self, msg, context_id: int) -> None:
+                lock = getattr(self, "_osx_serve_lock", None)
+                if lock is None:
+                    return original(self, msg, context_id)
+                with lock:
+                    return original(self, msg, context_id)
+
+            _serve_request._osx_hook = True  # type: ignore[attr-defined]
+            _serve_request._osx_original = original  # type: ignore[attr-defined]
+            Association._serve_request = _serve_request
+        original = getattr(Association._serve_request, "_osx_original", original)
+    lock = threading.Lock()
+
+    def serve(prim) -> None:
+        if not lock.acquire(blocking=False):
+            assoc.dimse.msg_queue.put((prim._context_id, prim))
+            return
+        try:
+            original(assoc, prim, prim._context_id)
+        finally:
+            lock.release()
+
+    assoc._osx_serve_lock = lock
+    assoc._osx_inline_store = serve
 
 
 def receive_pdvs(assoc, items: list) -> None:

@@ -80,6 +80,7 @@ from .fastpath import (
     install_reactor_wakeup,
     received_part10,
     remove_reactor_wakeup,
+    serve_requests_inline,
     split_part10,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
@@ -516,6 +517,7 @@ class Handlers:
         if self.fast_find and event.assoc.is_acceptor:
             # (An acceptor's EVT_ESTABLISHED runs on its reactor thread.)
             install_reactor_wakeup(event.assoc)
+            serve_requests_inline(event.assoc)
         log.debug("association from %s:%s (%s -> %s) accepted", self._peer(event),
                   event.assoc.requestor.port, event.assoc.requestor.ae_title,
                   event.assoc.acceptor.ae_title)

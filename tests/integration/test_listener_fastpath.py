@@ -282,3 +282,42 @@ def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
         assert stored[fastpath.split_part10(stored)[3]:] == data_set
         # (pynetdicom's C-MOVE SCP puts its own AE title there, fast path or not.)
         assert (originator, originator_id) == (runtime.listener.config.ae_title, 11)
+
+
+def test_stores_are_served_as_they_arrive_one_request_at_a_time(runtime, scu):
+    """A C-STORE is stored and answered by the thread that received it; while
+    the association's own thread serves a request, the next one waits for
+    it instead of running beside it."""
+    import time
+
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+    archive = runtime.archive
+    served_by: list = []
+    original = archive.store_bytes
+
+    def store_bytes(*args, **kw):
+        served_by.append(threading.current_thread())
+        return original(*args, **kw)
+
+    archive.store_bytes = store_bytes
+    first, second = _ct(2, patient_id="INLINE")
+    with scu(runtime.listener_port, [build_context(CTImageStorage)]) as assoc:
+        assert assoc.send_c_store(first).Status == st.SUCCESS
+        assert isinstance(served_by[0], DULServiceProvider)
+        (ours,) = runtime.listener.active_associations
+        lock = ours._osx_serve_lock
+        lock.acquire()  # as the association thread does around a request
+        answer: list = []
+        sender = threading.Thread(target=lambda: answer.append(assoc.send_c_store(second)))
+        try:
+            sender.start()
+            time.sleep(0.5)
+            assert not answer and len(served_by) == 1  # not served beside the other
+        finally:
+            lock.release()
+        sender.join(10)
+        assert answer and answer[0].Status == st.SUCCESS
+        assert isinstance(served_by[1], Association)  # queued, then served in turn
+    assert archive.count("image") == 2
