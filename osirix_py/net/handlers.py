@@ -34,6 +34,7 @@ import logging
 import struct
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -458,6 +459,19 @@ def big_to_little_endian(ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
+_MOVE_STORES: list[ThreadPoolExecutor] = []
+_MOVE_STORES_LOCK = threading.Lock()
+
+
+def _move_stores() -> ThreadPoolExecutor:
+    """The helper thread that writes and indexes the instances of our own
+    C-MOVE retrieves (one per process, started on first use)."""
+    with _MOVE_STORES_LOCK:
+        if not _MOVE_STORES:
+            _MOVE_STORES.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmove-store"))
+        return _MOVE_STORES[0]
+
+
 class Handlers:
     """The listener's event handlers, bound to one archive and one nodes table.
 
@@ -614,15 +628,17 @@ class Handlers:
         early = self.early_ack_moves and ACTIVE_MOVES.expected(calling_ae, originator, move_id)
         try:
             if early:
-                # A sub-operation of our own C-MOVE: acknowledged once written;
-                # the retrieve waits for the index commit (see net.moves).
-                fut = self.archive.submit_bytes(data, origin=f"dicom:{peer}",
-                                                name=f"C-STORE from {peer}", header=hdr,
-                                                window=RETRIEVE_GROUP_WINDOW)
+                # A sub-operation of our own C-MOVE: acknowledged at once, as
+                # our C-GET's are; writing and indexing run on a helper thread
+                # while the next instance arrives, and the retrieve waits for
+                # them (see net.moves) and counts what failed there.
+                fut = _move_stores().submit(
+                    self.archive.submit_bytes, data, origin=f"dicom:{peer}",
+                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
                 if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):
                     self._count(event, "stored")
                     return st.SUCCESS
-                out = fut.result()  # the retrieve ended meanwhile: durable first
+                out = fut.result().result()  # the retrieve ended meanwhile: durable first
             else:
                 out = self.archive.store_bytes(data, origin=f"dicom:{peer}",
                                                name=f"C-STORE from {peer}", header=hdr)

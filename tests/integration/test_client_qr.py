@@ -121,6 +121,36 @@ def test_retrieve_study_series_instance(client_peers, rt, method):
     assert rt.archive.count("image", {"StudyInstanceUID": uid}) == 1
 
 
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_retrieve_reports_instances_that_could_not_be_stored_here(client_peers, rt, method,
+                                                                  monkeypatch):
+    """Retrieved instances are acknowledged to the PACS before they are
+    written; one that then fails here (disk full) is counted as failed, with
+    its UID and the reason, and everything else is stored."""
+    from osirix_py.storage.base import StorageFullError
+
+    node = client_peers.node(method=method)
+    uid = _studies(client_peers)["PAT002"]["StudyInstanceUID"]
+    _forget(rt, uid)
+    sid = client.query(node, "series", {"StudyInstanceUID": uid}, calling_ae=AET)[0]["SeriesInstanceUID"]
+    original = rt.archive.store.put
+    calls = []
+
+    def put(key, data, **kw):
+        calls.append(key)
+        if len(calls) in (3, 7):
+            raise StorageFullError(28, "No space left on device")
+        return original(key, data, **kw)
+
+    monkeypatch.setattr(rt.archive.store, "put", put)
+    prog = client.retrieve(node, rt.archive, study_uid=uid, series_uid=sid, method=method,
+                           calling_ae=AET)
+    assert (prog.completed, prog.failed) == (8, 2)
+    assert len(prog.failures) == 2 and all("not stored here" in r for r in prog.failures.values())
+    stored = {r["SOPInstanceUID"] for r in rt.archive.find("instance", {"SeriesInstanceUID": sid})}
+    assert len(stored) == 8 and not stored & set(prog.failures)
+
+
 def test_retrieve_job_persisted_with_throughput(client_peers, rt):
     uid = _studies(client_peers)["PAT002"]["StudyInstanceUID"]
     _forget(rt, uid)
