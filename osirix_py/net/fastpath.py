@@ -36,10 +36,19 @@ Everything here produces exactly the bytes pynetdicom would send, cheaper:
 * :class:`ContextList` -- presentation contexts copied cheaply per association.
 * :func:`install_reactor_wakeup` -- an accepted association's reactor wakes
   when a DIMSE message arrives instead of at its next 1 ms tick.
+* :func:`serve_stores_inline` / :func:`serve_requests_inline` -- received
+  C-STORE requests (our C-GET's sub-operations; the listener's stores) are
+  served by the DUL thread that received them, and :func:`send_pdata` writes
+  their responses from there at once.
+* :func:`install_association_hooks` -- association set-up and tear-down:
+  pynetdicom's UID checks remembered (:func:`install_uid_cache`), the
+  A-ASSOCIATE-RQ encoded directly (:func:`encode_associate_rq`), a closing
+  association's DUL polled every 0.5 ms (:func:`install_quick_kill`).
 
 The hooks wrap pynetdicom 3.0 internals (``association.encode``,
-``DIMSEServiceProvider.send_msg``, ``fsm.P_DATA_TF``, the DUL's
-``_read_pdu_data``, the reactor's ``time.sleep``); each falls back to
+``DIMSEServiceProvider.send_msg``, ``fsm.P_DATA_TF`` and action AE-2, the
+DUL's ``_read_pdu_data``, the reactor's ``time.sleep``, ``utils.set_uid``,
+``Association.kill`` and ``_serve_request``); each falls back to
 pynetdicom's own code for anything it does not recognise, and
 ``Handlers(fast_paths=False)`` turns the listener's send/find uses off.
 """
