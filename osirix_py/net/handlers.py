@@ -34,7 +34,6 @@ import logging
 import struct
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -67,6 +66,7 @@ from ..db.matching import QueryError
 from ..dicom import status as st
 from ..dicom.header import DicomFileError, read_header
 from ..dicom.tags import LEVELS, UNIQUE_KEYS, Level, attributes_up_to, find_attribute
+from ..services.archive import helper_pool
 from ..storage.base import StorageError, StorageFullError
 from .fastpath import (
     EncodeError,
@@ -459,19 +459,6 @@ def big_to_little_endian(ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
-_MOVE_STORES: list[ThreadPoolExecutor] = []
-_MOVE_STORES_LOCK = threading.Lock()
-
-
-def _move_stores() -> ThreadPoolExecutor:
-    """The helper thread that writes and indexes the instances of our own
-    C-MOVE retrieves (one per process, started on first use)."""
-    with _MOVE_STORES_LOCK:
-        if not _MOVE_STORES:
-            _MOVE_STORES.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmove-store"))
-        return _MOVE_STORES[0]
-
-
 class Handlers:
     """The listener's event handlers, bound to one archive and one nodes table.
 
@@ -632,7 +619,7 @@ class Handlers:
                 # our C-GET's are; writing and indexing run on a helper thread
                 # while the next instance arrives, and the retrieve waits for
                 # them (see net.moves) and counts what failed there.
-                fut = _move_stores().submit(
+                fut = helper_pool("cmove-store", 1).submit(
                     self.archive.submit_bytes, data, origin=f"dicom:{peer}",
                     name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
                 if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):

@@ -50,7 +50,7 @@ _POOLS: dict[str, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(name: str, workers: int) -> ThreadPoolExecutor:
+def helper_pool(name: str, workers: int) -> ThreadPoolExecutor:
     """The process-wide helper thread pool *name*, started on first use."""
     pool = _POOLS.get(name)
     if pool is None:
@@ -62,7 +62,7 @@ def _pool(name: str, workers: int) -> ThreadPoolExecutor:
 
 
 def _hasher() -> ThreadPoolExecutor:
-    return _pool("sha256", 2)
+    return helper_pool("sha256", 2)
 
 
 #: Threads that write single stored instances (C-STORE, STOW) beside their
@@ -71,7 +71,7 @@ _STORE_WRITERS = 16
 
 
 def _writer_pool() -> ThreadPoolExecutor:
-    return _pool("store-write", _STORE_WRITERS)
+    return helper_pool("store-write", _STORE_WRITERS)
 
 
 class ArchiveError(RuntimeError):
