@@ -1262,11 +1262,35 @@ def serve_stores_inline(assoc) -> None:
     response back for the DUL thread to send: two thread hand-offs per
     instance (~1.3 ms on two busy cores).  Here the DUL thread runs the same
     ``Association._c_store_scp`` (context check, handler, response) itself
-    and its response is sent in the reactor's next cycle.  Only while no
+    and writes its response at once (:func:`send_pdata`).  Only while no
     other message waits in the DIMSE queue (so the order of messages is the
     peer's); the handler must be quick (hand the data to a worker).
     """
     assoc._osx_inline_store = assoc._c_store_scp
+
+
+def _install_serve_lock():
+    """Make ``Association._serve_request`` hold the association's
+    ``_osx_serve_lock`` (when it has one, see :func:`serve_requests_inline`)
+    around each request; returns pynetdicom's own ``_serve_request``."""
+    from pynetdicom.association import Association
+
+    with _hook_lock:
+        original = getattr(Association._serve_request, "_osx_original", None)
+        if original is not None:
+            return original
+        original = Association._serve_request
+
+        def _serve_request(self, msg, context_id: int) -> None:
+            lock = getattr(self, "_osx_serve_lock", None)
+            if lock is None:
+                return original(self, msg, context_id)
+            with lock:
+                return original(self, msg, context_id)
+
+        _serve_request._osx_original = original  # type: ignore[attr-defined]
+        Association._serve_request = _serve_request
+        return original
 
 
 def serve_requests_inline(assoc) -> None:
@@ -1281,22 +1305,7 @@ def serve_requests_inline(assoc) -> None:
     and a C-STORE that arrives while it holds it (a peer with asynchronous
     operations, say) is queued for it as before.
     """
-    from pynetdicom.association import Association
-
-    with _hook_lock:
-        original = Association._serve_request
-        if not getattr(original, "_osx_hook", False):
-            def _serve_request(self, msg, context_id: int) -> None:
-                lock = getattr(self, "_osx_serve_lock", None)
-                if lock is None:
-                    return original(self, msg, context_id)
-                with lock:
-                    return original(self, msg, context_id)
-
-            _serve_request._osx_hook = True  # type: ignore[attr-defined]
-            _serve_request._osx_original = original  # type: ignore[attr-defined]
-            Association._serve_request = _serve_request
-        original = getattr(Association._serve_request, "_osx_original", original)
+    serve_request = _install_serve_lock()
     lock = threading.Lock()
 
     def serve(prim) -> None:
@@ -1304,7 +1313,7 @@ def serve_requests_inline(assoc) -> None:
             assoc.dimse.msg_queue.put((prim._context_id, prim))
             return
         try:
-            original(assoc, prim, prim._context_id)
+            serve_request(assoc, prim, prim._context_id)
         finally:
             lock.release()
 
