@@ -328,38 +328,71 @@ def test_pending_retrieve_rsp_command_matches_pynetdicom(kind):
     assert fastpath.retrieve_pending_command(rsp, field) is None
 
 
-def test_reactor_sleep_ends_when_a_message_is_queued():
+def test_reactor_sleep_returns_for_work_and_waits_for_a_wake_up(monkeypatch):
+    import queue
     import threading
     import time
 
     import pynetdicom.association as pa
 
+    class _Dul:
+        def __init__(self):
+            self.to_user_queue = queue.Queue()
+
+        def is_alive(self):
+            return True
+
     class _Dimse:
         def __init__(self):
-            import queue
-
             self.msg_queue = queue.Queue()
 
     class _Assoc:
-        dimse = _Dimse()
+        _kill = False
 
+        def __init__(self):
+            self.dimse, self.dul = _Dimse(), _Dul()
+
+    # A long idle wait: only a wake-up ends the sleeps below in time.
+    monkeypatch.setattr(fastpath, "REACTOR_IDLE_WAIT", 30.0)
     assoc = _Assoc()
-    assoc.dimse.msg_queue.put((1, "early"))
-    woke: list[float] = []
+    msg_queue, to_user = assoc.dimse.msg_queue, assoc.dul.to_user_queue
+    msg_queue.put((1, "early"))
+    slept: dict[str, float] = {}
 
     def reactor():
         assert fastpath.install_reactor_wakeup(assoc)
-        pa.time.sleep(0.001)  # a message is pending: returns at once
-        t0 = time.perf_counter()
-        pa.time.sleep(0.001)  # nothing: the full tick
-        woke.append(time.perf_counter() - t0)
+
+        def sleep(what):
+            t0 = time.perf_counter()
+            pa.time.sleep(0.001)
+            slept[what] = time.perf_counter() - t0
+
+        sleep("message pending")
+        assert msg_queue.get_nowait() == (1, "early")  # kept, not consumed
+        sleep("woken by a message")
+        msg_queue.get_nowait()
+        sleep("woken by an indication")
+        to_user.get_nowait()
+        assoc._kill = True
+        sleep("killed")
         fastpath.remove_reactor_wakeup(assoc)
 
-    t = threading.Thread(target=reactor)
-    t.start()
-    t.join(5)
-    assert woke and woke[0] >= 0.0009
-    assert assoc.dimse.msg_queue.get_nowait() == (1, "early")  # moved, not lost
+    def feeder():
+        time.sleep(0.2)
+        msg_queue.put((1, "later"))
+        time.sleep(0.2)
+        to_user.put("A-RELEASE")
+
+    threads = [threading.Thread(target=reactor), threading.Thread(target=feeder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    # The queues are the same objects (a thread about to put keeps its queue).
+    assert assoc.dimse.msg_queue is msg_queue and assoc.dul.to_user_queue is to_user
+    assert slept["message pending"] < 1 and slept["killed"] < 1
+    assert 0.1 < slept["woken by a message"] < 10
+    assert 0.1 < slept["woken by an indication"] < 10
     assert pa.time.monotonic() > 0  # everything else is the real time module
 
 
