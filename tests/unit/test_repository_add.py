@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+import re
 
 import pytest
 from sqlalchemy import event
@@ -67,7 +68,10 @@ def test_one_instance_of_a_known_series_takes_five_statements(conns):
         first = repo.add_instances(conn, [rec(0)])
     assert (first[0].new_patient, first[0].new_study, first[0].new_series) == (True, True, True)
     statements = []
-    event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    # Counted where SQLite runs them (some go past SQLAlchemy, on the driver's
+    # cursor); the driver's own BEGIN / COMMIT are not statements of ours.
+    conn.connection.driver_connection.set_trace_callback(
+        lambda sql: None if sql.split()[0].upper() in ("BEGIN", "COMMIT") else statements.append(sql))
     with conn.begin():
         res = repo.add_instances(conn, [rec(1)])
     assert len(statements) == 5, statements
@@ -76,7 +80,9 @@ def test_one_instance_of_a_known_series_takes_five_statements(conns):
     statements.clear()
     with conn.begin():
         res = repo.add_instances(conn, [rec(2), rec(3)])
-    assert len(statements) == 5
+    # The two rows go through one prepared INSERT (run once per row).
+    inserts = [q for q in statements if q.startswith("INSERT")]
+    assert len(inserts) == 2 and len(statements) - len(inserts) == 4, statements
     # A known SOP: duplicate, nothing written.
     with conn.begin():
         assert repo.add_instances(conn, [rec(1)])[0].status == "duplicate"
@@ -115,6 +121,20 @@ def test_batches_match_one_by_one(conns, seed):
             want = [_result(repo.add_instance(single, r, replace=replace)) for r in recs]
         assert got == want
         assert _state(bulk) == _state(single)
+        assert _stored(bulk) == _stored(single)
+
+
+def _stored(conn) -> tuple:
+    """What SQLite holds, read past SQLAlchemy: the instance rows as stored
+    (booleans, timestamps as the driver wrote them) and the shape of each
+    study's update time (its value is the clock's)."""
+    raw = conn.connection.driver_connection
+    rows = raw.execute("SELECT sop_instance_uid, file_path, in_place, file_size, checksum, "
+                       "received_at, origin, instance_number FROM instances "
+                       "ORDER BY sop_instance_uid").fetchall()
+    shapes = {re.sub(r"\d", "9", u or "") for (u,) in raw.execute("SELECT updated_at FROM studies")}
+    conn.rollback()
+    return rows, shapes
 
 
 def test_probe_statements_compile_for_postgresql():
