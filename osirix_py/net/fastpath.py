@@ -927,13 +927,22 @@ def received_part10(event) -> bytes:
     encoded directly (the same bytes, ~1 ms less per instance)."""
     req = event.request
     stream = req.DataSet.getvalue()
-    try:
-        meta = file_meta_bytes(str(req.AffectedSOPClassUID).strip(),
-                               str(req.AffectedSOPInstanceUID).strip(),
-                               str(event.context.transfer_syntax))
-    except (EncodeError, UnicodeError):
+    head = part10_head(req, str(event.context.transfer_syntax))
+    if head is None:
         return event.encoded_dataset()
-    return b"".join((b"\x00" * 128, b"DICM", meta, stream))
+    return b"".join((head, stream))
+
+
+def part10_head(request, transfer_syntax: str) -> bytes | None:
+    """What precedes a received C-STORE data set in its Part 10 file:
+    preamble, "DICM" and the file meta (see :func:`received_part10`); None
+    when the request's UIDs cannot be encoded."""
+    try:
+        meta = file_meta_bytes(str(request.AffectedSOPClassUID).strip(),
+                               str(request.AffectedSOPInstanceUID).strip(), transfer_syntax)
+    except (EncodeError, UnicodeError):
+        return None
+    return b"".join((b"\x00" * 128, b"DICM", meta))
 
 
 # --------------------------------------------------------------------------- C-STORE SCU
@@ -1232,7 +1241,7 @@ def decode_command(cmd: bytes):
 class _Incoming:
     """A DIMSE message being received on the fast path."""
 
-    __slots__ = ("cx", "cmd", "prim", "keyword", "data")
+    __slots__ = ("cx", "cmd", "prim", "keyword", "data", "sink")
 
     def __init__(self, cx: int):
         self.cx = cx
@@ -1240,6 +1249,9 @@ class _Incoming:
         self.prim = None
         self.keyword: str | None = None
         self.data: io.BytesIO | None = None
+        #: where a C-STORE request's data set is also written as it arrives
+        #: (see :func:`write_stores_as_received`), or None
+        self.sink = None
 
 
 def _deliver(dimse, msg: _Incoming) -> None:
@@ -1249,6 +1261,8 @@ def _deliver(dimse, msg: _Incoming) -> None:
     prim._context_id = msg.cx
     prim._dataset_path = None
     prim._dataset_file = None
+    if msg.sink is not None:
+        prim._osx_received = msg.sink
     if msg.keyword == "DataSet" and prim.MessageIDBeingRespondedTo is None:
         serve = getattr(dimse.assoc, "_osx_inline_store", None)
         if serve is not None and dimse.msg_queue.empty():
@@ -1273,10 +1287,20 @@ def serve_stores_inline(assoc) -> None:
     assoc._osx_inline_store = assoc._c_store_scp
 
 
+def _discard_received(msg) -> None:
+    """After serving *msg*: its received file goes unless the handler took
+    it (a refused request, an error)."""
+    received = getattr(msg, "_osx_received", None)
+    if received is not None:
+        received.discard()
+
+
 def _install_serve_lock():
     """Make ``Association._serve_request`` hold the association's
     ``_osx_serve_lock`` (when it has one, see :func:`serve_requests_inline`)
-    around each request; returns pynetdicom's own ``_serve_request``."""
+    around each request, and discard the request's received file afterwards
+    unless its handler took it (:func:`write_stores_as_received`); returns
+    pynetdicom's own ``_serve_request``."""
     from pynetdicom.association import Association
 
     with _hook_lock:
@@ -1287,10 +1311,13 @@ def _install_serve_lock():
 
         def _serve_request(self, msg, context_id: int) -> None:
             lock = getattr(self, "_osx_serve_lock", None)
-            if lock is None:
-                return original(self, msg, context_id)
-            with lock:
-                return original(self, msg, context_id)
+            try:
+                if lock is None:
+                    return original(self, msg, context_id)
+                with lock:
+                    return original(self, msg, context_id)
+            finally:
+                _discard_received(msg)
 
         _serve_request._osx_original = original  # type: ignore[attr-defined]
         Association._serve_request = _serve_request
@@ -1320,9 +1347,42 @@ def serve_requests_inline(assoc) -> None:
             serve_request(assoc, prim, prim._context_id)
         finally:
             lock.release()
+            _discard_received(prim)
 
     assoc._osx_serve_lock = lock
     assoc._osx_inline_store = serve
+
+
+def write_stores_as_received(assoc, open_file) -> None:
+    """Write the data set of each C-STORE request received on *assoc* (on
+    the fast path) to a file as its PDUs arrive, beside keeping its bytes.
+
+    ``open_file(primitive, context_id)`` gives, once the request's command
+    set is in, an object with ``write(bytes, last=bool) -> bool`` (False: it
+    failed and is done with) and ``discard()``, or None; the request's primitive then
+    carries it as ``_osx_received`` for whoever serves it (see
+    :func:`received_file`).  Whatever nobody took is discarded: after the
+    request is served (:func:`_install_serve_lock`'s wrapper) and, for a
+    message that never completed, when the association closes
+    (:func:`discard_unreceived`)."""
+    _install_serve_lock()
+    assoc._osx_open_received = open_file
+
+
+def received_file(request):
+    """The file a C-STORE request's data set was written to as it arrived
+    (see :func:`write_stores_as_received`), or None."""
+    return getattr(request, "_osx_received", None)
+
+
+def discard_unreceived(assoc) -> None:
+    """Discard the file of a C-STORE data set whose reception *assoc* never
+    finished (the peer aborted, the connection dropped)."""
+    dimse = getattr(assoc, "dimse", None)
+    msg = getattr(dimse, "_osx_rx", None)
+    if msg is not None and msg.sink is not None:
+        sink, msg.sink = msg.sink, None
+        sink.discard()
 
 
 def receive_pdvs(assoc, items: list) -> None:
@@ -1371,13 +1431,20 @@ def receive_pdvs(assoc, items: list) -> None:
                 msg = None
             else:
                 msg.data = io.BytesIO()
+                opener = getattr(assoc, "_osx_open_received", None)
+                if opener is not None and msg.keyword == "DataSet" \
+                        and msg.prim.MessageIDBeingRespondedTo is None:
+                    msg.sink = opener(msg.prim, cx)
         else:  # a data set fragment
             if msg.prim is None:
                 # Data before the command set is complete: as pynetdicom would.
                 head = [(msg.cx, b"\x01" + bytes(msg.cmd))] if msg.cmd else []
                 hand_over(head + list(items[i:]))
                 return
-            msg.data.write(item[1:])  # type: ignore[union-attr]
+            fragment = item[1:]
+            msg.data.write(fragment)  # type: ignore[union-attr]
+            if msg.sink is not None and not msg.sink.write(fragment, last=bool(ctrl & 2)):
+                msg.sink = None  # (it removed its file; the bytes are stored as usual)
             if ctrl & 2:
                 _deliver(dimse, msg)
                 msg = None

@@ -79,10 +79,14 @@ from .fastpath import (
     install_paused_store,
     install_reactor_thread_store,
     install_reactor_wakeup,
+    discard_unreceived,
+    part10_head,
+    received_file,
     received_part10,
     remove_reactor_wakeup,
     serve_requests_inline,
     split_part10,
+    write_stores_as_received,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
 from .tcp import NODELAY_HANDLER
@@ -519,12 +523,31 @@ class Handlers:
             # (An acceptor's EVT_ESTABLISHED runs on its reactor thread.)
             install_reactor_wakeup(event.assoc)
             serve_requests_inline(event.assoc)
+            write_stores_as_received(event.assoc, self._file_opener(event.assoc))
         log.debug("association from %s:%s (%s -> %s) accepted", self._peer(event),
                   event.assoc.requestor.port, event.assoc.requestor.ae_title,
                   event.assoc.acceptor.ae_title)
 
+    def _file_opener(self, assoc):
+        """For :func:`write_stores_as_received`: a file of the archive for
+        each C-STORE data set received on *assoc*, its Part 10 head written."""
+        archive = self.archive
+
+        def open_file(request, context_id: int):
+            cx = assoc._accepted_cx.get(context_id)
+            if cx is None or not cx.transfer_syntax:
+                return None
+            head = part10_head(request, str(cx.transfer_syntax[0]))
+            if head is None:
+                return None
+            f = archive.receive_file(str(request.AffectedSOPInstanceUID).strip())
+            return f if f is not None and f.write(head) else None
+
+        return open_file
+
     def _on_closed(self, event) -> None:
         remove_reactor_wakeup(event.assoc)
+        discard_unreceived(event.assoc)
         key = id(event.assoc)
         with self._lock:
             stats = self._stats.pop(key, None)
@@ -613,6 +636,10 @@ class Handlers:
         originator = req.MoveOriginatorApplicationEntityTitle
         move_id = req.MoveOriginatorMessageID
         early = self.early_ack_moves and ACTIVE_MOVES.expected(calling_ae, originator, move_id)
+        # The file it was written to as it arrived, if any (taken over here:
+        # the archive commits it instead of writing the bytes again).
+        received = received_file(req)
+        received = received.claim() if received is not None else None
         try:
             if early:
                 # A sub-operation of our own C-MOVE: acknowledged at once, as
@@ -621,14 +648,16 @@ class Handlers:
                 # them (see net.moves) and counts what failed there.
                 fut = helper_pool("cmove-store", 1).submit(
                     self.archive.submit_bytes, data, origin=f"dicom:{peer}",
-                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
+                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW,
+                    received=received)
                 if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):
                     self._count(event, "stored")
                     return st.SUCCESS
                 out = fut.result().result()  # the retrieve ended meanwhile: durable first
             else:
                 out = self.archive.store_bytes(data, origin=f"dicom:{peer}",
-                                               name=f"C-STORE from {peer}", header=hdr)
+                                               name=f"C-STORE from {peer}", header=hdr,
+                                               received=received)
         except StorageFullError as exc:
             self._count(event, "failed")
             log.error("C-STORE from %s: disk full (%s)", peer, exc)

@@ -32,12 +32,22 @@ from ..db.schema import instances
 from ..dicom.header import MEDIA_STORAGE_DIRECTORY, DicomFileError, Header, read_header
 from ..dicom.tags import Level
 from ..storage.base import StorageError, StorageFullError, checksum, key_for_uid
-from ..storage.filestore import FileStore
+from ..storage.filestore import FileStore, IncomingFile
 from .feed import ChangeEvent, ChangeFeed
 from .importer import CHUNK_FILES, POOL_MIN_FILES, ImportPool, Rejected, Source, Staged
 from .indexer import IndexWriter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A file written as it was received (:class:`IncomingFile`), staged
+    like an import worker's file: what ``_submit_locked`` needs of it."""
+
+    tmp_key: str
+    size: int
+    digest: str | Future  # (hashed beside the index insert, see _submit_locked)
 
 
 #: Imported files whose index commit may be outstanding at once.
@@ -192,6 +202,21 @@ class Archive:
         self._import_pool = ImportPool(import_processes) if import_processes != 0 else None
 
     # ------------------------------------------------------------------ store
+    def receive_file(self, sop_instance_uid: str) -> IncomingFile | None:
+        """A file to write the instance *sop_instance_uid* into while its
+        bytes arrive (a C-STORE data set, written PDU by PDU: the write and
+        the disk's write-back overlap the reception), then handed to
+        :meth:`store_bytes` / :meth:`submit_bytes` as *received*.  None when
+        the store cannot (not a file store) or the file cannot be made --
+        the bytes are then stored the usual way, which reports the error."""
+        if not self._write_beside:
+            return None
+        try:
+            return self.store.open_staged(key_for_uid(sop_instance_uid))
+        except (StorageError, OSError) as exc:
+            log.debug("no file to receive %s into: %s", sop_instance_uid, exc)
+            return None
+
     def store_bytes(
         self,
         data: bytes,
@@ -201,15 +226,19 @@ class Archive:
         in_place_path: Path | None = None,
         header: Header | None = None,
         timeout: float | None = None,
+        received: IncomingFile | None = None,
     ) -> StoreOutcome:
         """Store one instance given as the bytes of a DICOM file; wait until durable.
 
         Returns once the file is on disk (synced) and its row is committed.
         Raises :class:`DicomFileError` (bad data), :class:`StorageFullError`
         (disk full: nothing partial is left) or :class:`StorageError`.
+        *received*: the same bytes already written as they arrived (see
+        :meth:`receive_file`); that file is committed instead of writing
+        *data* again.
         """
         return self.submit_bytes(data, origin=origin, name=name, in_place_path=in_place_path,
-                                 header=header).result(timeout)
+                                 header=header, received=received).result(timeout)
 
     def submit_bytes(
         self,
@@ -220,6 +249,7 @@ class Archive:
         in_place_path: Path | None = None,
         header: Header | None = None,
         window: float = 0.0,
+        received: IncomingFile | None = None,
     ) -> Future:
         """Like :meth:`store_bytes` but returns a ``Future[StoreOutcome]`` at once.
 
@@ -230,15 +260,33 @@ class Archive:
         (for callers that do not wait on each future, see
         :meth:`IndexWriter.submit`).
         """
-        hdr = header or read_header(data, name=name or origin)
-        v = hdr.values
-        if v.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-            raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
-                                 kind="not-dicom")
-        return self._submit_header(hdr, origin, in_place_path, data, window=window)
+        if received is not None:
+            received = received.claim()
+        try:
+            hdr = header or read_header(data, name=name or origin)
+            v = hdr.values
+            if v.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+                raise DicomFileError(f"{name or origin}: a DICOMDIR index, not an image",
+                                     kind="not-dicom")
+            staged = None
+            if received is not None:
+                done, received = received.finish(), None
+                if (done is not None and in_place_path is None and hdr.data is data
+                        and done[1] == len(data)):
+                    # Hashed on a helper thread while the index writer looks
+                    # up the instance's series (its row awaits the digest).
+                    staged = _Received(done[0], done[1], _hasher().submit(checksum, data))
+                elif done is not None:
+                    self.store.discard_staged(done[0])  # not these bytes after all
+        finally:
+            if received is not None:  # claimed, never finished: an error above
+                done = received.finish()
+                if done is not None:
+                    self.store.discard_staged(done[0])
+        return self._submit_header(hdr, origin, in_place_path, data, staged, window=window)
 
     def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
-                       staged: Staged | None = None, reread: Callable[[], bytes] | None = None,
+                       staged: Staged | _Received | None = None, reread: Callable[[], bytes] | None = None,
                        *, window: float = 0.0) -> Future:
         sop = hdr.sop_instance_uid
         lock = self._uid_locks[hash(sop) % len(self._uid_locks)]
@@ -260,7 +308,7 @@ class Archive:
                 pass
 
     def _submit_locked(self, hdr: Header, origin: str, in_place_path: Path | None,
-                       data: bytes, staged: Staged | None = None,
+                       data: bytes, staged: Staged | _Received | None = None,
                        reread: Callable[[], bytes] | None = None, *, window: float = 0.0) -> Future:
         """Store (or commit the *staged* file of) one parsed instance; the
         caller holds the UID's lock.  *reread* gives the bytes to store when a

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import os
 import time
 from pathlib import Path
 
@@ -402,3 +403,71 @@ def test_tcp_nodelay_on_accepted_and_outgoing_sockets(runtime, scu):
     finally:
         plain.release()
         ae.shutdown()
+
+
+def _files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_stores_are_written_as_they_arrive_and_leave_nothing_behind(runtime, scu):
+    """A C-STORE's data set is written to its file while it arrives (the
+    archive commits that file; nothing is written a second time); a refused
+    request, a duplicate and a stored instance leave no temporary file."""
+    store = runtime.archive.store
+    writes_after_receive: list[str] = []
+    original_put = store.put
+    store.put = lambda key, data, **kw: (writes_after_receive.append(key),
+                                         original_put(key, data, **kw))[1]
+    first, second = _ct(2, rows=128, columns=128, patient_id="ASRECEIVED")
+    with scu(runtime.listener_port, [build_context(CTImageStorage)], max_pdu=16382) as assoc:
+        assert assoc.send_c_store(first).Status == st.SUCCESS
+        assert assoc.send_c_store(first).Status == st.SUCCESS  # duplicate: kept
+        other = _ct(1, patient_id="MISMATCH")[0]
+        rsp = _send_raw_c_store(assoc, encode(other, False, True), CTImageStorage,
+                                generate_uid(), 5)  # the command names another instance
+        assert rsp.Status == st.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        assert assoc.send_c_store(second).Status == st.SUCCESS
+    assert writes_after_receive == []
+    files = _files_under(runtime.settings.store_dir)
+    assert [p.suffix for p in files] == [".dcm", ".dcm"]
+    for ds in (first, second):
+        row = runtime.archive.find("image", {"SOPInstanceUID": ds.SOPInstanceUID})[0]
+        assert pydicom.dcmread(io.BytesIO(runtime.archive.read_instance(row))).PixelData \
+            == ds.PixelData
+    assert runtime.archive.check().clean
+
+
+def test_disk_full_while_receiving_answers_a700_and_keeps_nothing(runtime, scu, monkeypatch):
+    """The file of an arriving data set cannot be written (ENOSPC, from
+    /dev/full) and the disk is still full when the bytes are stored the usual
+    way: 0xA700, no file and no row for it; the others are stored."""
+    from osirix_py.storage.base import StorageFullError, key_for_uid
+    from osirix_py.storage.filestore import IncomingFile
+
+    series = _ct(3, rows=128, columns=128, patient_id="FULLRX")
+    full = key_for_uid(series[1].SOPInstanceUID)
+    store = runtime.archive.store
+    original_put, original_open = store.put, store.open_staged
+    opened = []
+
+    def open_staged(key):
+        if key == full:
+            opened.append(key)
+            return IncomingFile(store, key + ".x.tmp", "/nonexistent/x.tmp",
+                                os.open("/dev/full", os.O_WRONLY))
+        return original_open(key)
+
+    def put(key, data, **kw):
+        if key == full:
+            raise StorageFullError(28, "No space left on device")
+        return original_put(key, data, **kw)
+
+    monkeypatch.setattr(store, "open_staged", open_staged)
+    monkeypatch.setattr(store, "put", put)
+    with scu(runtime.listener_port, [build_context(CTImageStorage)]) as assoc:
+        statuses = [assoc.send_c_store(ds).Status for ds in series]
+    assert opened == [full]
+    assert statuses == [st.SUCCESS, st.OUT_OF_RESOURCES_STORE, st.SUCCESS]
+    stored = {r["SOPInstanceUID"] for r in runtime.archive.find("instance")}
+    assert stored == {series[0].SOPInstanceUID, series[2].SOPInstanceUID}
+    assert [p.suffix for p in _files_under(runtime.settings.store_dir)] == [".dcm", ".dcm"]
