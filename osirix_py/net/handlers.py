@@ -530,12 +530,23 @@ class Handlers:
 
     def _file_opener(self, assoc):
         """For :func:`write_stores_as_received`: a file of the archive for
-        each C-STORE data set received on *assoc*, its Part 10 head written."""
+        each C-STORE data set received on *assoc* (one that waits for its
+        durable store), its Part 10 head written."""
         archive = self.archive
+
+        calling_ae = str(assoc.requestor.ae_title)
 
         def open_file(request, context_id: int):
             cx = assoc._accepted_cx.get(context_id)
             if cx is None or not cx.transfer_syntax:
+                return None
+            if self.early_ack_moves and ACTIVE_MOVES.expected(
+                    calling_ae, request.MoveOriginatorApplicationEntityTitle,
+                    request.MoveOriginatorMessageID):
+                # A sub-operation of our own C-MOVE: acknowledged at once and
+                # stored in grouped commits with one sync per group, for which
+                # writing (and flushing) each file as it arrives costs more
+                # than it saves (measured: a 100-instance retrieve 0.46 -> 0.76 s).
                 return None
             head = part10_head(request, str(cx.transfer_syntax[0]))
             if head is None:
