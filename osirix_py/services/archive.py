@@ -286,7 +286,8 @@ class Archive:
         return self._submit_header(hdr, origin, in_place_path, data, staged, window=window)
 
     def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
-                       staged: Staged | _Received | None = None, reread: Callable[[], bytes] | None = None,
+                       staged: Staged | _Received | None = None,
+                       reread: Callable[[], bytes] | None = None,
                        *, window: float = 0.0) -> Future:
         sop = hdr.sop_instance_uid
         lock = self._uid_locks[hash(sop) % len(self._uid_locks)]
