@@ -80,11 +80,17 @@ def _copy_fd(src: int, dst: int) -> None:
         chunk = os.pread(src, 1 << 20, off)
         if not chunk:
             return
-        view = memoryview(chunk)
-        while view:
-            n = os.write(dst, view)
-            view = view[n:]
-        off += len(chunk)
+        off += _write_all(dst, chunk)
+
+
+def _write_all(fd: int, data) -> int:
+    """Write all of *data* (bytes or a view) to *fd*; its length."""
+    view = memoryview(data)
+    n_total = len(view)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return n_total
 
 
 def read_file(path) -> bytes:
@@ -188,6 +194,19 @@ class FileStore:
             for d in reversed(made):
                 _fsync_dir(Path(d).parent)
 
+    def _create_temporary(self, key: str) -> tuple[str, Path, int]:
+        """A fresh temporary file beside *key*'s final name, open for
+        writing: (its key, its path, its descriptor)."""
+        final = self.path(key)
+        self._ensure_dir(final.parent)
+        suffix = f"{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        tmp = final.with_name(f"{final.name}.{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+        except OSError as exc:
+            self._raise(exc, final)
+        return f"{key}.{suffix}", tmp, fd
+
     def stage(self, key: str, data: bytes | None = None, *, src_fd: int | None = None,
               durable: bool = False) -> str:
         """Write *data* (or the whole file open as *src_fd*, copied in the
@@ -199,19 +218,13 @@ class FileStore:
         :meth:`clean_temporary` removes.  No fsync unless *durable*: the
         caller syncs the whole batch once (:meth:`sync`).
         """
-        final = self.path(key)
-        self._ensure_dir(final.parent)
-        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
+        tmp_key, tmp, fd = self._create_temporary(key)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
             try:
                 if src_fd is not None:
                     _copy_fd(src_fd, fd)
                 else:
-                    view = memoryview(data if data is not None else b"")
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
+                    _write_all(fd, data if data is not None else b"")
                 if durable:
                     os.fsync(fd)
                 elif _sync_file_range is not None:
@@ -226,22 +239,16 @@ class FileStore:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            self._raise(exc, final)
-        return f"{key}.{tmp.name[len(final.name) + 1:]}"
+            self._raise(exc, self.path(key))
+        return tmp_key
 
     def open_staged(self, key: str) -> "IncomingFile":
         """A fresh temporary file beside *key*'s final name, to be written
         piece by piece as its bytes arrive (:class:`IncomingFile`) and then
         committed like a :meth:`stage`'d one.  Raises StorageError (or
         StorageFullError) when it cannot be made."""
-        final = self.path(key)
-        self._ensure_dir(final.parent)
-        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-        except OSError as exc:
-            self._raise(exc, final)
-        return IncomingFile(self, f"{key}.{tmp.name[len(final.name) + 1:]}", str(tmp), fd)
+        tmp_key, tmp, fd = self._create_temporary(key)
+        return IncomingFile(self, tmp_key, str(tmp), fd)
 
     def commit_staged(self, tmp_key: str, key: str, *, replace: bool = True) -> bool:
         """Atomically rename a file written by :meth:`stage` to *key*.
@@ -434,11 +441,7 @@ class IncomingFile:
         if fd is None:
             return False
         try:
-            view = memoryview(data)
-            offset, n_total = self.size, len(view)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            offset, n_total = self.size, _write_all(fd, data)
             if _sync_file_range is not None and n_total:
                 _sync_file_range(fd, offset, n_total, _SYNC_FILE_RANGE_WRITE)
         except OSError:
