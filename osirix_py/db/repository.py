@@ -326,9 +326,8 @@ def find(
 #: Value representations whose plain value (no wildcard, list or range) is
 #: matched by equality alone in :func:`~osirix_py.db.matching.match_clause`.
 _EQUALITY_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UI"})
-#: (level, keys) -> (SQL, the index in the keys of each positional
-#: parameter) of exact-match queries.
-_EXACT_SQL: dict[tuple, tuple[str, list[int]]] = {}
+#: (level, keys) -> the statement of exact-match queries on those keys.
+_EXACT_SQL: dict[tuple, Select] = {}
 _EXACT_SQL_MAX = 256
 
 
@@ -357,9 +356,9 @@ def _exact_shape(level: Level, query: Mapping[str, object]) -> tuple[tuple[str, 
 
 def _exact_rows(conn: Connection, level: Level, query: Mapping[str, object]) -> Iterator[dict] | None:
     """The rows of an exact-match query at PATIENT/STUDY/SERIES level on
-    SQLite, through a statement compiled once per set of keys and run on the
-    driver's cursor (~20 us instead of ~300 us of statement building and
-    SQLAlchemy execution).  None when the query is anything else: the general
+    SQLite, through a statement built once per set of keys and run on the
+    driver's cursor (:func:`_execute`: ~20 us instead of ~300 us of statement
+    building and SQLAlchemy execution).  None when the query is anything else: the general
     path answers it (same rows, same order -- and those levels' result
     columns are all text or integers, which SQLAlchemy hands back as is)."""
     if level is Level.IMAGE or conn.dialect.name != "sqlite":
@@ -368,20 +367,16 @@ def _exact_rows(conn: Connection, level: Level, query: Mapping[str, object]) -> 
     if shape is None:
         return None
     keys, values = shape
-    cached = _EXACT_SQL.get((level, keys))
-    if cached is None:
+    stmt = _EXACT_SQL.get((level, keys))
+    if stmt is None:
         conds = []
         for i, kw in enumerate(keys):
             a = find_attribute(kw)
             conds.append(LEVEL_TABLES[a.level].c[a.column] == bindparam(f"p{i}"))
         stmt = _base_select(level).where(*conds).order_by(*_ORDER[level]())
-        compiled = stmt.compile(dialect=conn.dialect)
-        order = [int(name[1:]) for name in compiled.positiontup or []]
-        cached = (str(compiled), order)
         if len(_EXACT_SQL) < _EXACT_SQL_MAX:
-            _EXACT_SQL[(level, keys)] = cached
-    sql, order = cached
-    cur = conn.connection.driver_connection.execute(sql, [values[i] for i in order])
+            _EXACT_SQL[(level, keys)] = stmt
+    cur = _execute(conn, stmt, {f"p{i}": v for i, v in enumerate(values)})
     names = [d[0] for d in cur.description]
     return (dict(zip(names, row)) for row in cur)
 
@@ -573,8 +568,9 @@ _RAW: dict[tuple[int, tuple[str, ...] | None], tuple[object, _RawStatement]] = {
 def _execute(conn: Connection, stmt, params: Mapping[str, object] | list):
     """``conn.execute(stmt, params)`` -- on SQLite through the driver's cursor
     (:class:`_RawStatement`), returning its cursor (rows as plain tuples; no
-    ``inserted_primary_key``).  For the index writer's per-instance
-    statements only; everything else goes through SQLAlchemy."""
+    ``inserted_primary_key``).  For the statements run per received
+    instance or per query (the index writer's, exact-match C-FIND); everything
+    else goes through SQLAlchemy."""
     if conn.dialect.name != "sqlite":
         return conn.execute(stmt, params)
     first = params[0] if isinstance(params, list) else params
