@@ -533,16 +533,13 @@ class Handlers:
         each C-STORE data set received on *assoc* (one that waits for its
         durable store), its Part 10 head written."""
         archive = self.archive
-
         calling_ae = str(assoc.requestor.ae_title)
 
         def open_file(request, context_id: int):
             cx = assoc._accepted_cx.get(context_id)
             if cx is None or not cx.transfer_syntax:
                 return None
-            if self.early_ack_moves and ACTIVE_MOVES.expected(
-                    calling_ae, request.MoveOriginatorApplicationEntityTitle,
-                    request.MoveOriginatorMessageID):
+            if self._early_ack(calling_ae, request):
                 # A sub-operation of our own C-MOVE: acknowledged at once and
                 # stored in grouped commits with one sync per group, for which
                 # writing (and flushing) each file as it arrives costs more
@@ -555,6 +552,13 @@ class Handlers:
             return f if f is not None and f.write(head) else None
 
         return open_file
+
+    def _early_ack(self, calling_ae: str, request) -> bool:
+        """Whether the C-STORE *request* from *calling_ae* is a sub-operation
+        of our own C-MOVE, acknowledged at once (see :meth:`on_store`)."""
+        return self.early_ack_moves and ACTIVE_MOVES.expected(
+            calling_ae, request.MoveOriginatorApplicationEntityTitle,
+            request.MoveOriginatorMessageID)
 
     def _on_closed(self, event) -> None:
         remove_reactor_wakeup(event.assoc)
@@ -646,11 +650,7 @@ class Handlers:
         calling_ae = str(event.assoc.requestor.ae_title)
         originator = req.MoveOriginatorApplicationEntityTitle
         move_id = req.MoveOriginatorMessageID
-        early = self.early_ack_moves and ACTIVE_MOVES.expected(calling_ae, originator, move_id)
-        # The file it was written to as it arrived, if any (taken over here:
-        # the archive commits it instead of writing the bytes again).
-        received = received_file(req)
-        received = received.claim() if received is not None else None
+        early = self._early_ack(calling_ae, req)
         try:
             if early:
                 # A sub-operation of our own C-MOVE: acknowledged at once, as
@@ -659,16 +659,18 @@ class Handlers:
                 # them (see net.moves) and counts what failed there.
                 fut = helper_pool("cmove-store", 1).submit(
                     self.archive.submit_bytes, data, origin=f"dicom:{peer}",
-                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW,
-                    received=received)
+                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
                 if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):
                     self._count(event, "stored")
                     return st.SUCCESS
                 out = fut.result().result()  # the retrieve ended meanwhile: durable first
             else:
+                # The file it was written to as it arrived, if any (none for
+                # the early-acknowledged stores above, see _file_opener): the
+                # archive commits it instead of writing the bytes again.
                 out = self.archive.store_bytes(data, origin=f"dicom:{peer}",
                                                name=f"C-STORE from {peer}", header=hdr,
-                                               received=received)
+                                               received=received_file(req))
         except StorageFullError as exc:
             self._count(event, "failed")
             log.error("C-STORE from %s: disk full (%s)", peer, exc)
