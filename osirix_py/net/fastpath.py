@@ -924,13 +924,70 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
 
 def received_part10(event) -> bytes:
     """``event.encoded_dataset()`` of a C-STORE event, with the file meta
-    encoded directly (the same bytes, ~1 ms less per instance)."""
+    encoded directly (the same bytes, ~1 ms less per instance); the very
+    bytes it was received into when the fast path made them (see
+    :class:`ReceivedDataSet`)."""
     req = event.request
-    stream = req.DataSet.getvalue()
-    head = part10_head(req, str(event.context.transfer_syntax))
+    ts = str(event.context.transfer_syntax)
+    stream = req.DataSet
+    if isinstance(stream, ReceivedDataSet):
+        whole = stream.part10_for(ts)
+        if whole is not None:
+            return whole
+    head = part10_head(req, ts)
     if head is None:
         return event.encoded_dataset()
-    return b"".join((head, stream))
+    return b"".join((head, stream.getvalue()))
+
+
+class ReceivedDataSet(io.BytesIO):
+    """The data set of a C-STORE request received on the fast path, kept
+    inside the bytes of its Part 10 file (preamble, file meta, data set):
+    one copy of each received fragment, where a stream and then the file's
+    bytes made two (~10 ms of a 100-instance retrieve, on its receiving
+    thread).  :func:`received_part10` takes those bytes as they are; any
+    other use of the stream first fills it with the data set (a copy), so
+    that it behaves as the ``io.BytesIO`` pynetdicom gives."""
+
+    def __init__(self, part10: bytes, offset: int, transfer_syntax: str):
+        super().__init__()
+        self._part10 = part10
+        self._offset = offset
+        self._ts = transfer_syntax
+        self._lazy = True
+
+    def part10_for(self, transfer_syntax: str) -> bytes | None:
+        """The Part 10 bytes, if the stream was never touched and they were
+        made for *transfer_syntax*."""
+        return self._part10 if self._lazy and transfer_syntax == self._ts else None
+
+    def _fill(self) -> None:
+        if self._lazy:
+            self._lazy = False
+            io.BytesIO.__init__(self, self._part10[self._offset:])
+
+    def getvalue(self) -> bytes:
+        if self._lazy:
+            return self._part10[self._offset:]
+        return super().getvalue()
+
+
+def _filling(name: str):
+    base = getattr(io.BytesIO, name)
+
+    def method(self, *args, **kwargs):
+        self._fill()
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("read", "read1", "readinto", "readinto1", "readline", "readlines", "seek", "tell",
+              "write", "writelines", "truncate", "getbuffer", "__iter__", "__next__",
+              "__getstate__"):
+    setattr(ReceivedDataSet, _name, _filling(_name))
+del _name
 
 
 def part10_head(request, transfer_syntax: str) -> bytes | None:
@@ -1248,7 +1305,9 @@ class _Incoming:
         self.cmd = bytearray()
         self.prim = None
         self.keyword: str | None = None
-        self.data: io.BytesIO | None = None
+        #: the data set's fragments as received (views into their PDUs,
+        #: which are never reused), joined once at the end
+        self.data: list | None = None
         #: where a C-STORE request's data set is also written as it arrives
         #: (see :func:`write_stores_as_received`), or None
         self.sink = None
@@ -1257,7 +1316,7 @@ class _Incoming:
 def _deliver(dimse, msg: _Incoming) -> None:
     prim = msg.prim
     if msg.keyword is not None:
-        setattr(prim, msg.keyword, msg.data if msg.data is not None else io.BytesIO())
+        setattr(prim, msg.keyword, _stream(dimse.assoc, msg))
     prim._context_id = msg.cx
     prim._dataset_path = None
     prim._dataset_file = None
@@ -1265,10 +1324,44 @@ def _deliver(dimse, msg: _Incoming) -> None:
         prim._osx_received = msg.sink
     if msg.keyword == "DataSet" and prim.MessageIDBeingRespondedTo is None:
         serve = getattr(dimse.assoc, "_osx_inline_store", None)
-        if serve is not None and dimse.msg_queue.empty():
+        if serve is not None and _no_request_waiting(dimse.msg_queue):
             serve(prim)
             return
     dimse.msg_queue.put((msg.cx, prim))
+
+
+def _stream(assoc, msg: _Incoming) -> io.BytesIO:
+    """The received data set (or identifier) of *msg* as the stream
+    pynetdicom puts on its primitive: for a C-STORE request that this
+    process serves itself (see :func:`serve_stores_inline`), a
+    :class:`ReceivedDataSet` inside its Part 10 bytes."""
+    frags = msg.data or ()
+    prim = msg.prim
+    if (msg.keyword == "DataSet" and prim.MessageIDBeingRespondedTo is None
+            and getattr(assoc, "_osx_inline_store", None) is not None):
+        cx = getattr(assoc, "_accepted_cx", {}).get(msg.cx)
+        ts = str(cx.transfer_syntax[0]) if cx is not None and cx.transfer_syntax else None
+        head = part10_head(prim, ts) if ts else None
+        if head is not None:
+            return ReceivedDataSet(b"".join((head, *frags)), len(head), ts)
+    # (BytesIO shares the bytes it starts with: no second copy.)
+    return io.BytesIO(b"".join(frags))
+
+
+def _no_request_waiting(q: queue.Queue) -> bool:
+    """Whether nothing but responses to our own requests waits in the DIMSE
+    queue *q*: a request served now keeps the peer's order of requests.
+
+    A C-GET's pending responses wait there for the thread that reads them
+    (progress) while its sub-operations keep arriving; a store queued behind
+    one would go to that thread and its response back through the DUL's
+    queue (measured, 100 CT from Orthanc: a third of the stores, ~1 ms
+    more each).  The responses' own order is unchanged, and the final one
+    comes after the peer has every store's response, so after every store
+    served here."""
+    with q.mutex:
+        return all(getattr(item[1], "MessageIDBeingRespondedTo", None) is not None
+                   for item in q.queue)
 
 
 def serve_stores_inline(assoc) -> None:
@@ -1430,7 +1523,7 @@ def receive_pdvs(assoc, items: list) -> None:
                 _deliver(dimse, msg)
                 msg = None
             else:
-                msg.data = io.BytesIO()
+                msg.data = []
                 opener = getattr(assoc, "_osx_open_received", None)
                 if opener is not None and msg.keyword == "DataSet" \
                         and msg.prim.MessageIDBeingRespondedTo is None:
@@ -1442,7 +1535,7 @@ def receive_pdvs(assoc, items: list) -> None:
                 hand_over(head + list(items[i:]))
                 return
             fragment = item[1:]
-            msg.data.write(fragment)  # type: ignore[union-attr]
+            msg.data.append(fragment)  # type: ignore[union-attr]
             if msg.sink is not None and not msg.sink.write(fragment, last=bool(ctrl & 2)):
                 msg.sink = None  # (it removed its file; the bytes are stored as usual)
             if ctrl & 2:

@@ -587,8 +587,11 @@ def _store_rq_pdvs(cx: int, sop_instance: str, data: bytes) -> list:
     return [(cx, b"\x03" + cmd), (cx, b"\x00" + data[:10]), (cx, b"\x02" + data[10:])]
 
 
-def test_inline_stores_are_served_on_arrival_unless_a_message_waits():
+def test_inline_stores_are_served_on_arrival_unless_a_request_waits():
     import queue
+    from types import SimpleNamespace
+
+    from pynetdicom.dimse_primitives import C_GET
 
     served: list = []
 
@@ -605,22 +608,47 @@ def test_inline_stores_are_served_on_arrival_unless_a_message_waits():
     assoc = _Assoc()
     assoc.dimse = _Dimse(assoc)
     assoc._c_store_scp = served.append
+    assoc._accepted_cx = {3: SimpleNamespace(transfer_syntax=["1.2.840.10008.1.2.1"])}
     data = bytes(range(40))
     # Without serve_stores_inline the request is queued for the waiting thread.
     fastpath.receive_pdvs(assoc, _store_rq_pdvs(1, "1.2.3.1", data))
     assert served == [] and assoc.dimse.msg_queue.qsize() == 1
     fastpath.serve_stores_inline(assoc)
-    # A message still waits in the queue: this one queues behind it (the
+    # A request still waits in the queue: this one queues behind it (the
     # peer's order is kept) ...
     fastpath.receive_pdvs(assoc, _store_rq_pdvs(1, "1.2.3.2", data))
     assert served == [] and assoc.dimse.msg_queue.qsize() == 2
+    # ... but a response to our own request (a C-GET's pending status, read
+    # by another thread) does not hold it back: it is served at once, with
+    # its whole data set.
+    pending = C_GET()
+    pending.MessageIDBeingRespondedTo = 1
     assoc.dimse.msg_queue = queue.Queue()
-    # ... with none waiting, it is served at once, with its whole data set.
+    assoc.dimse.msg_queue.put((3, pending))
     fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.3", data))
-    assert assoc.dimse.msg_queue.empty() and len(served) == 1
+    assert assoc.dimse.msg_queue.qsize() == 1 and len(served) == 1
     req = served[0]
     assert isinstance(req, C_STORE) and req.AffectedSOPInstanceUID == "1.2.3.3"
-    assert req._context_id == 3 and req.DataSet.getvalue() == data
+    assert req._context_id == 3
+    # Its data set lives inside its Part 10 bytes, which the handler gets as
+    # they are -- the same bytes pynetdicom's encoded_dataset() makes.
+    event = SimpleNamespace(request=req, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+    part10 = fastpath.received_part10(event)
+    assert part10 == fastpath.part10_head(req, "1.2.840.10008.1.2.1") + data
+    assert part10[128:132] == b"DICM" and pydicom.dcmread(io.BytesIO(part10), force=True) \
+        .file_meta.MediaStorageSOPInstanceUID == "1.2.3.3"
+    # Another transfer syntax gets its own head; and read as a stream, the
+    # data set is just the data set, from its first byte.
+    other = SimpleNamespace(request=req, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2"))
+    assert fastpath.received_part10(other) == fastpath.part10_head(req, "1.2.840.10008.1.2") + data
+    assert req.DataSet.getvalue() == data
+    assert req.DataSet.read(5) == data[:5] and req.DataSet.tell() == 5
+    assert req.DataSet.getvalue() == data
+    # Once touched as a stream, the Part 10 bytes are made afresh (the stream
+    # might have been written to).
+    req.DataSet.seek(0, io.SEEK_END)
+    req.DataSet.write(b"xx")
+    assert fastpath.received_part10(event) == fastpath.part10_head(req, "1.2.840.10008.1.2.1") + data + b"xx"
 
 
 def test_uid_cache_gives_what_set_uid_gives_and_still_refuses_bad_uids():
