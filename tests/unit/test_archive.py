@@ -340,6 +340,33 @@ def test_a_stored_row_commits_only_after_its_file_is_written(tmp_path):
         db.dispose()
 
 
+def test_grouped_stores_of_a_retrieve_commit_each_files_own_checksum(archive):
+    """A retrieve's stores (submitted with a grouping window, nobody waiting
+    on each) hash large files beside their write and leave the digest to
+    the index writer: each row still carries its own file's SHA-256, small
+    and large files alike, and nothing commits before its file is there."""
+    import hashlib
+
+    small = _encoded(2, patient_id="SMALL")
+    large = []
+    for ds in synthetic.make_ct_series(slices=3, rows=320, columns=320, patient_id="LARGE", seed=5):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        large.append(buf.getvalue())
+    assert all(len(d) >= 128 * 1024 for d in large) and all(len(d) < 128 * 1024 for d in small)
+    futures = [archive.submit_bytes(d, origin="test", window=0.05) for d in small + large]
+    archive.writer.flush()
+    assert [f.result(10).status for f in futures] == ["stored"] * 5
+    rows = archive.find("instance")
+    assert len(rows) == 5
+    by_size = sorted(rows, key=lambda r: r["_file_size"])
+    for r, data in zip(by_size, sorted(small + large, key=len)):
+        on_disk = archive.read_instance(r)
+        assert on_disk == data
+        assert r["_checksum"] == hashlib.sha256(data).hexdigest()
+    assert archive.check().clean
+
+
 class _FullStore(FileStore):
     """A file store on a disk that fills up after *room* files."""
 
