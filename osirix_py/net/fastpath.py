@@ -993,13 +993,20 @@ del _name
 def part10_head(request, transfer_syntax: str) -> bytes | None:
     """What precedes a received C-STORE data set in its Part 10 file:
     preamble, "DICM" and the file meta (see :func:`received_part10`); None
-    when the request's UIDs cannot be encoded."""
+    when the request's UIDs cannot be encoded.  Kept on the request: the
+    file written as it arrives and its Part 10 bytes both need it."""
+    cached = getattr(request, "_osx_part10_head", None)
+    if cached is not None and cached[0] == transfer_syntax:
+        return cached[1]
     try:
         meta = file_meta_bytes(str(request.AffectedSOPClassUID).strip(),
                                str(request.AffectedSOPInstanceUID).strip(), transfer_syntax)
     except (EncodeError, UnicodeError):
-        return None
-    return b"".join((b"\x00" * 128, b"DICM", meta))
+        head = None
+    else:
+        head = b"".join((b"\x00" * 128, b"DICM", meta))
+    request._osx_part10_head = (transfer_syntax, head)
+    return head
 
 
 # --------------------------------------------------------------------------- C-STORE SCU
@@ -1339,7 +1346,7 @@ def _stream(assoc, msg: _Incoming) -> io.BytesIO:
     prim = msg.prim
     if (msg.keyword == "DataSet" and prim.MessageIDBeingRespondedTo is None
             and getattr(assoc, "_osx_inline_store", None) is not None):
-        cx = getattr(assoc, "_accepted_cx", {}).get(msg.cx)
+        cx = assoc._accepted_cx.get(msg.cx)
         ts = str(cx.transfer_syntax[0]) if cx is not None and cx.transfer_syntax else None
         head = part10_head(prim, ts) if ts else None
         if head is not None:
