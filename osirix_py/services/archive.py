@@ -380,20 +380,22 @@ class Archive:
                     # helper thread while this one writes.
                     hashing = (_hasher().submit(checksum, data) if size >= _PARALLEL_HASH
                                else None)
-                    if hashing is not None and window > 0:
-                        # Nobody waits for this one (a retrieve's): its row
-                        # awaits the digest in the index writer, and this
-                        # thread goes on to the next instance instead of
-                        # waiting for the hash, which outlasts the write
-                        # (measured: the retrieve's single writing thread
-                        # fell 10-15 instances behind by its end).
+                    try:
                         self.store.put(file_path, data, durable=False)
-                        digest = hashing
-                    else:
-                        try:
-                            self.store.put(file_path, data, durable=False)
-                        finally:
-                            digest = hashing.result() if hashing is not None else checksum(data)
+                    finally:
+                        if hashing is None:
+                            digest = checksum(data)
+                        elif window > 0:
+                            # Nobody waits for this one (a retrieve's): its
+                            # row awaits the digest in the index writer, and
+                            # this thread goes on to the next instance
+                            # instead of waiting for the hash, which outlasts
+                            # the write (measured: the retrieve's single
+                            # writing thread fell 10-15 instances behind by
+                            # its end).
+                            digest = hashing
+                        else:
+                            digest = hashing.result()
         rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
                                   checksum=digest, origin=origin, character_set=hdr.character_set)
 
