@@ -280,9 +280,10 @@ def test_names_are_decoded_with_the_files_character_set(archive):
     assert archive.find("patient", {"PatientName": str(jap.PatientName).split("=")[0].upper() + "*"})
 
 
-def _encoded(n: int = 2, patient_id: str = "BESIDE") -> list[bytes]:
+def _encoded(n: int = 2, patient_id: str = "BESIDE", size: int = 32, seed: int = 11) -> list[bytes]:
     out = []
-    for ds in synthetic.make_ct_series(slices=n, rows=32, columns=32, patient_id=patient_id, seed=11):
+    for ds in synthetic.make_ct_series(slices=n, rows=size, columns=size, patient_id=patient_id,
+                                       seed=seed):
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out.append(buf.getvalue())
@@ -348,11 +349,7 @@ def test_grouped_stores_of_a_retrieve_commit_each_files_own_checksum(archive):
     import hashlib
 
     small = _encoded(2, patient_id="SMALL")
-    large = []
-    for ds in synthetic.make_ct_series(slices=3, rows=320, columns=320, patient_id="LARGE", seed=5):
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        large.append(buf.getvalue())
+    large = _encoded(3, patient_id="LARGE", size=320, seed=5)
     assert all(len(d) >= 128 * 1024 for d in large) and all(len(d) < 128 * 1024 for d in small)
     futures = [archive.submit_bytes(d, origin="test", window=0.05) for d in small + large]
     archive.writer.flush()
