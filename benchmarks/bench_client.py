@@ -88,7 +88,7 @@ def bench_retrieve(ctx: Context) -> list[Row]:
         for rep in range(ctx.repeat):
             times["get"].append(ours("get"))
             times["getscu"].append(peers.getscu(keys, aec=orth.aet, port=orth.dicom_port, out_dir=get_dir))
-            got = sum(1 for p in get_dir.rglob("*") if p.is_file())
+            got = peers.count_files(get_dir)
             shutil.rmtree(get_dir, ignore_errors=True)
             if got != n:
                 raise PeerError(f"getscu: {got} of {n} arrived")

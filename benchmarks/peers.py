@@ -362,7 +362,7 @@ class StoreSCP(_Process):
         return self
 
     def count_files(self) -> int:
-        return sum(1 for p in self.out_dir.rglob("*") if p.is_file())
+        return count_files(self.out_dir)
 
     def clear(self) -> None:
         shutil.rmtree(self.out_dir, ignore_errors=True)
@@ -518,6 +518,11 @@ def getscu(keys: dict[str, str], *, aec: str, port: int, out_dir: Path, level: s
         argv += ["-k", f"{k}={v}"]
     argv += [LOOPBACK, str(port)]
     return dcmtk(argv, timeout=timeout)
+
+
+def count_files(folder: Path) -> int:
+    """How many files lie under *folder* (what a dcmtk run wrote there)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
 def wait_until(pred, timeout: float, what: str, interval: float = 0.1) -> None:
