@@ -1458,8 +1458,8 @@ def write_stores_as_received(assoc, open_file) -> None:
     the fast path) to a file as its PDUs arrive, beside keeping its bytes.
 
     ``open_file(primitive, context_id)`` gives, once the request's command
-    set is in, an object with ``write(bytes, last=bool) -> bool`` (False: it
-    failed and is done with) and ``discard()``, or None; the request's primitive then
+    set is in, an object with ``write(bytes) -> bool`` (False: it failed
+    and is done with) and ``discard()``, or None; the request's primitive then
     carries it as ``_osx_received`` for whoever serves it (see
     :func:`received_file`).  Whatever nobody took is discarded: after the
     request is served (:func:`_install_serve_lock`'s wrapper) and, for a
@@ -1543,7 +1543,7 @@ def receive_pdvs(assoc, items: list) -> None:
                 return
             fragment = item[1:]
             msg.data.append(fragment)  # type: ignore[union-attr]
-            if msg.sink is not None and not msg.sink.write(fragment, last=bool(ctrl & 2)):
+            if msg.sink is not None and not msg.sink.write(fragment):
                 msg.sink = None  # (it removed its file; the bytes are stored as usual)
             if ctrl & 2:
                 _deliver(dimse, msg)

@@ -47,7 +47,7 @@ class _Received:
 
     tmp_key: str
     size: int
-    digest: str | Future  # (hashed beside the index insert, see _submit_locked)
+    digest: str | Future  # (hashed as it arrived: see IncomingFile)
 
 
 #: Imported files whose index commit may be outstanding at once.
@@ -273,9 +273,8 @@ class Archive:
                 done, received = received.finish(), None
                 if (done is not None and in_place_path is None and hdr.data is data
                         and done[1] == len(data)):
-                    # Hashed on a helper thread while the index writer looks
-                    # up the instance's series (its row awaits the digest).
-                    staged = _Received(done[0], done[1], _hasher().submit(checksum, data))
+                    # Hashed as it arrived; the row awaits the digest.
+                    staged = _Received(*done)
                 elif done is not None:
                     self.store.discard_staged(done[0])  # not these bytes after all
         finally:

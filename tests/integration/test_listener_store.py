@@ -11,6 +11,7 @@ TCP_NODELAY on the sockets.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import io
 import os
 import time
@@ -411,8 +412,10 @@ def _files_under(root: Path) -> list[Path]:
 
 def test_stores_are_written_as_they_arrive_and_leave_nothing_behind(runtime, scu):
     """A C-STORE's data set is written to its file while it arrives (the
-    archive commits that file; nothing is written a second time); a refused
-    request, a duplicate and a stored instance leave no temporary file."""
+    archive commits that file; nothing is written a second time) and hashed
+    as it arrives (each row's checksum is its file's SHA-256, over PDUs of
+    16 KB here); a refused request, a duplicate and a stored instance leave
+    no temporary file."""
     store = runtime.archive.store
     writes_after_receive: list[str] = []
     original_put = store.put
@@ -432,8 +435,10 @@ def test_stores_are_written_as_they_arrive_and_leave_nothing_behind(runtime, scu
     assert [p.suffix for p in files] == [".dcm", ".dcm"]
     for ds in (first, second):
         row = runtime.archive.find("image", {"SOPInstanceUID": ds.SOPInstanceUID})[0]
-        assert pydicom.dcmread(io.BytesIO(runtime.archive.read_instance(row))).PixelData \
-            == ds.PixelData
+        on_disk = runtime.archive.read_instance(row)
+        assert pydicom.dcmread(io.BytesIO(on_disk)).PixelData == ds.PixelData
+        assert row["_checksum"] == hashlib.sha256(on_disk).hexdigest()
+        assert row["_file_size"] == len(on_disk) > 16382
     assert runtime.archive.check().clean
 
 
