@@ -192,7 +192,12 @@ def test_cancel_retrieve(client_peers, rt):
 
 def test_interrupted_jobs_marked_failed(client_peers, rt):
     mgr = JobManager(rt.archive, calling_ae=AET)
-    job = mgr._submit("retrieve", "never runs", {}, lambda job, cancel: cancel.wait(60))
+    started = threading.Event()
+    job = mgr._submit("retrieve", "never runs", {},
+                      lambda job, cancel: (started.set(), cancel.wait(60)))
+    # The worker writes "running" before it starts the work: wait for that
+    # write, or it may land after recover()'s below.
+    assert started.wait(10)
     # pretend the process died while the job was running
     with rt.archive.db.engine.begin() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.id == job.id).values(state="running"))
