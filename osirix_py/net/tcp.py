@@ -113,8 +113,13 @@ def _make_waiting_socket_class(base):
             if sock is None or self._is_connected is False:
                 return False
             wake = self._osx_wake_r
+            # No wait while an event is queued: the reactor handles one per
+            # loop, after this look at the socket (at an association's start
+            # the connection's event and the request's came together, and
+            # the request waited out a whole DUL_IDLE_WAIT here).
+            wait = DUL_IDLE_WAIT if self.event_queue.empty() else 0
             try:
-                ready, _, _ = select.select([sock, wake], [], [], DUL_IDLE_WAIT)
+                ready, _, _ = select.select([sock, wake], [], [], wait)
             except (OSError, TimeoutError, ValueError):
                 self.event_queue.put("Evt17")
                 return False

@@ -747,6 +747,195 @@ def test_associate_rq_with_what_only_pynetdicom_encodes_is_left_to_it():
     assert fastpath.encode_associate_rq(p) is None
 
 
+def _rq_primitive_summary(p):
+    """Everything an acceptor negotiates from: AE titles, application
+    context, contexts (ID, abstract syntax, transfer syntaxes in order) and
+    the user information items with all their values."""
+    return (p.calling_ae_title, p.called_ae_title, p.application_context_name,
+            [(cx.context_id, cx.abstract_syntax, list(cx.transfer_syntax))
+             for cx in p.presentation_context_definition_list],
+            [(type(u).__name__, sorted((k, repr(v)) for k, v in vars(u).items()))
+             for u in p.user_information])
+
+
+def _pynetdicom_rq_primitive(raw: bytes):
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(raw)
+    return pdu, pdu.to_primitive()
+
+
+def test_associate_rq_read_as_pynetdicom_reads_it():
+    """A received association request gives the primitive pynetdicom's own
+    decoding gives: getscu-like (128 contexts with several transfer syntaxes
+    each, 127 role selections), minimal, 16-character AE titles; read twice,
+    the second time from the item cache, with user information items that
+    are copies (no object shared between two associations)."""
+    from pynetdicom import build_context
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+    from osirix_py.net import client
+
+    fastpath.install_association_hooks()
+    get_contexts, roles = client._get_negotiation()
+    cases = [
+        _associate_rq(get_contexts, _user_info() + list(roles)),
+        _associate_rq([build_context("1.2.840.10008.1.1")], _user_info(version=False), "A", "B"),
+        _associate_rq([build_context("1.2.840.10008.5.1.4.1.1.2",
+                                     ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2"])],
+                      _user_info(), "CALLED_16_CHARS_", "X"),
+    ]
+    for p in cases:
+        raw = A_ASSOCIATE_RQ(p).encode()
+        pdu, expected = _pynetdicom_rq_primitive(raw)
+        first = fastpath.associate_rq_primitive(raw[74:], pdu.called_ae_title, pdu.calling_ae_title)
+        again = fastpath.associate_rq_primitive(raw[74:], pdu.called_ae_title, pdu.calling_ae_title)
+        assert _rq_primitive_summary(first) == _rq_primitive_summary(expected)
+        assert _rq_primitive_summary(again) == _rq_primitive_summary(expected)
+        assert not {id(u) for u in first.user_information} & {id(u) for u in again.user_information}
+    assert len(first.presentation_context_definition_list[0].transfer_syntax) == 2
+
+
+def test_associate_rq_with_what_only_pynetdicom_reads_is_left_to_it():
+    """Asynchronous operations, user identity, an unknown item type, a
+    truncated item and a non-conformant transfer syntax UID (pynetdicom
+    warns about it) are read by pynetdicom (None here); so is everything
+    while an EVT_PDU_RECV handler is bound (pynetdicom's debug logger looks
+    handlers up by the PDU's exact class)."""
+    from pynetdicom import build_context
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import UserIdentityNegotiation
+
+    fastpath.install_association_hooks()
+    ident = UserIdentityNegotiation()
+    ident.user_identity_type = 1
+    ident.primary_field = b"radiologist"
+    echo = [build_context("1.2.840.10008.1.1")]
+    plain = A_ASSOCIATE_RQ(_associate_rq(echo, _user_info())).encode()
+    odd_syntax = A_ASSOCIATE_RQ(_associate_rq(
+        [build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.3.04"])],
+        _user_info())).encode()
+    unknown_item = plain + bytes((0x99, 0, 0, 2, 1, 2))
+    raws = [
+        A_ASSOCIATE_RQ(_associate_rq(echo, _user_info(window=(2, 3)))).encode(),
+        A_ASSOCIATE_RQ(_associate_rq(echo, _user_info() + [ident])).encode(),
+        unknown_item,
+        plain[:-1],
+        odd_syntax,
+    ]
+    for raw in raws:
+        assert fastpath.associate_rq_primitive(raw[74:], "ORTHANC", "OSIRIXPY") is None
+    assert fastpath.associate_rq_primitive(plain[74:], "ORTHANC", "OSIRIXPY") is not None
+
+    seen: list = []
+
+    class FakeAssoc:
+        def __init__(self, bound):
+            self.bound = bound
+            self.abort = self._abort_nonblocking = self._abort_blocking = lambda: None
+
+        def get_handlers(self, event):
+            return [(lambda e: seen.append(e.event), None)] if event in self.bound else []
+
+    from pynetdicom import evt
+    from pynetdicom.dul import DULServiceProvider
+
+    for bound, quick in (((), True), ((evt.EVT_PDU_RECV,), False), ((evt.EVT_DATA_RECV,), False)):
+        dul = object.__new__(DULServiceProvider)
+        dul._assoc = FakeAssoc(bound)
+        pdu, event = dul._decode_pdu(bytearray(plain))
+        assert event == "Evt6" and isinstance(pdu, A_ASSOCIATE_RQ)
+        assert (type(pdu) is not A_ASSOCIATE_RQ) == quick
+        assert pdu.calling_ae_title == "OSIRIXPY" and pdu.protocol_version == 1
+        assert _rq_primitive_summary(pdu.to_primitive()) == _rq_primitive_summary(
+            _pynetdicom_rq_primitive(plain)[1])
+        # The items themselves, for whoever asks (decoded by pynetdicom then).
+        assert [type(i).__name__ for i in pdu.variable_items] == [
+            "ApplicationContextItem", "PresentationContextItemRQ", "UserInformationItem"]
+    assert seen == [evt.EVT_PDU_RECV, evt.EVT_DATA_RECV]  # the handlers saw the PDUs
+
+
+def _associate_ac(results, user_information, called="OSIRIXPY", calling="GETSCU"):
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+    from pynetdicom.presentation import PresentationContext
+
+    p = A_ASSOCIATE()
+    p.application_context_name = "1.2.840.10008.3.1.1.1"
+    p.called_ae_title, p.calling_ae_title = called, calling
+    p.result = 0x00
+    for cx_id, abstract, ts, result in results:
+        cx = PresentationContext()
+        cx.context_id, cx.abstract_syntax, cx.transfer_syntax, cx.result = cx_id, abstract, [ts], result
+        p.presentation_context_definition_results_list.append(cx)
+    p.user_information = list(user_information)
+    return p
+
+
+def test_associate_ac_encoded_as_pynetdicom_encodes_it():
+    """Accepted and refused contexts, role selection replies, with and
+    without an implementation version name: the same bytes; a reply with
+    what only pynetdicom encodes (a user identity response) is left to it."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+    from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation, UserIdentityNegotiation
+
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid, role.scu_role, role.scp_role = "1.2.840.10008.5.1.4.1.1.2", False, True
+    results = [(1, "1.2.840.10008.1.1", "1.2.840.10008.1.2", 0x00),
+               (3, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 0x00),
+               (5, "1.2.3.4", "1.2.840.10008.1.2", 0x03),
+               (7, "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.4.90", 0x04)]
+    cases = [_associate_ac(results, _user_info() + [role]),
+             _associate_ac(results[:1], _user_info(version=False), "CALLED_16_CHARS_", "B"),
+             _associate_ac(results, _user_info(window=(1, 1)))]
+    for p in cases:
+        assert fastpath.encode_associate_ac(p) == A_ASSOCIATE_AC(p).encode()
+    ident = UserIdentityNegotiation()
+    ident.server_response = b"ok"
+    assert fastpath.encode_associate_ac(_associate_ac(results, _user_info() + [ident])) is None
+
+
+def test_waiting_socket_does_not_wait_while_an_event_is_queued(monkeypatch):
+    """The DUL reactor handles one event per loop, after it looks at the
+    socket: with an event queued that look must not block (at an
+    association's start the request's event waited a whole idle wait behind
+    the connection's)."""
+    import socket
+
+    from pynetdicom.transport import AssociationSocket
+
+    from osirix_py.net import tcp
+
+    waits = []
+    real_select = tcp.select.select
+
+    def select(r, w, x, timeout):
+        waits.append(timeout)
+        return real_select(r, w, x, timeout)
+
+    monkeypatch.setattr(tcp.select, "select", select)
+    cls = tcp._make_waiting_socket_class(AssociationSocket)
+    a, b = socket.socketpair()
+    wake_r, wake_w = socket.socketpair()
+    try:
+        wrapper = object.__new__(cls)
+        wrapper.socket, wrapper._is_connected, wrapper._osx_wake_r = a, True, wake_r
+        import queue
+
+        wrapper._event_queue = queue.Queue()
+        monkeypatch.setattr(cls, "event_queue", property(lambda self: self._event_queue),
+                            raising=False)
+        assert wrapper.ready is False
+        wrapper._event_queue.put("Evt6")
+        assert wrapper.ready is False
+        b.sendall(b"x")
+        assert wrapper.ready is True
+        assert waits == [tcp.DUL_IDLE_WAIT, 0, 0]
+    finally:
+        for s in (a, b, wake_r, wake_w):
+            s.close()
+
+
 def test_associations_with_the_hooks_negotiate_and_close_as_pynetdicoms(tmp_path):
     """A pynetdicom SCP sees the same request with and without the hooks
     (also through pynetdicom's own encoding when an EVT_PDU_SENT handler
