@@ -323,6 +323,30 @@ def find(
     return [dict(r._mapping) for r in conn.execute(q)]
 
 
+#: What a C-MOVE / C-GET needs of each instance it sends (see :func:`retrieve_rows`).
+RETRIEVE_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+                 "SOPClassUID", "SOPInstanceUID", "TransferSyntaxUID")
+
+
+def retrieve_rows(conn: Connection, query: Mapping[str, object], *,
+                  fuzzy_names: bool = True) -> list[dict]:
+    """The instances matching *query* (keys at any level), each a dict of
+    :data:`RETRIEVE_KEYS` and the private ``_file_path``, ``_in_place`` and
+    ``_file_size`` -- what a retrieve sends, without the forty-odd
+    attributes of an IMAGE-level :func:`find` row (~1.5 of its 2 ms for 100
+    instances).  Unordered."""
+    cols = []
+    for kw in RETRIEVE_KEYS:
+        a = find_attribute(kw)
+        assert a is not None
+        cols.append(LEVEL_TABLES[a.level].c[a.column].label(kw))
+    cols += [instances.c.file_path.label("_file_path"), instances.c.in_place.label("_in_place"),
+             instances.c.file_size.label("_file_size")]
+    q = _joined_select(Level.IMAGE, cols).where(
+        *build_conditions(Level.IMAGE, query, fuzzy_names=fuzzy_names))
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
 #: Value representations whose plain value (no wildcard, list or range) is
 #: matched by equality alone in :func:`~osirix_py.db.matching.match_clause`.
 _EQUALITY_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UI"})

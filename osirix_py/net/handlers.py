@@ -768,7 +768,7 @@ class Handlers:
 
     # ------------------------------------------------------------- retrieve
     def _matches(self, parsed: ParsedIdentifier) -> list[dict]:
-        rows = self.archive.find(Level.IMAGE, parsed.query, fuzzy_names=False)
+        rows = self.archive.retrieve_rows(parsed.query, fuzzy_names=False)
         # One sub-operation per instance, in a stable order: series then instance.
         rows.sort(key=lambda r: (r.get("StudyInstanceUID") or "", r.get("SeriesNumber") or 0,
                                  r.get("SeriesInstanceUID") or "", r.get("InstanceNumber") or 0))

@@ -731,6 +731,13 @@ class Archive:
         with self.db.engine.connect() as conn:
             return repo.find(conn, lv, query or {}, limit=limit, offset=offset, fuzzy_names=fuzzy_names)
 
+    def retrieve_rows(self, query: Mapping[str, object], *, fuzzy_names: bool = True) -> list[dict]:
+        """The instances a C-MOVE / C-GET of *query* sends: rows with only
+        what that needs (see :func:`~osirix_py.db.repository.retrieve_rows`),
+        each good for :meth:`read_instance`."""
+        with self.db.engine.connect() as conn:
+            return repo.retrieve_rows(conn, query, fuzzy_names=fuzzy_names)
+
     def iter_find(self, level: Level | str, query: Mapping[str, object] | None = None, *,
                   fuzzy_names: bool = True) -> Iterator[dict]:
         lv = Level.parse(level) if isinstance(level, str) else level

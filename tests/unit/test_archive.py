@@ -426,3 +426,29 @@ def test_a_durable_put_syncs_the_folders_it_made(tmp_path, monkeypatch):
     store.put(key_for_uid(other).replace(".dcm", "b.dcm"), b"z", durable=True)
     assert synced == [leaf2]
     assert store.get(key) == b"x" * 10
+
+
+def test_retrieve_rows_list_what_find_lists_with_what_a_retrieve_needs(archive, sample_dir):
+    """The rows a C-MOVE / C-GET sends: for a study, a series, a list of
+    instances and a patient-name wildcard, the same instances as an
+    IMAGE-level find, with the same UIDs, numbers, transfer syntax and file,
+    and each readable as the instance."""
+    from osirix_py.db.repository import RETRIEVE_KEYS
+
+    archive.import_paths([sample_dir])
+    image = archive.find("image")
+    study, series = image[0]["StudyInstanceUID"], image[-1]["SeriesInstanceUID"]
+    picked = [r["SOPInstanceUID"] for r in image[::5]]
+    queries = [{"StudyInstanceUID": study}, {"SeriesInstanceUID": series},
+               {"SOPInstanceUID": "\\".join(picked)},
+               {"PatientName": image[0]["PatientName"][:3] + "*"}]
+    keys = RETRIEVE_KEYS + ("_file_path", "_in_place", "_file_size")
+    for q in queries:
+        expected = sorted(({k: r[k] for k in keys} for r in archive.find("image", q,
+                                                                       fuzzy_names=False)),
+                          key=lambda r: r["SOPInstanceUID"])
+        got = sorted(archive.retrieve_rows(q, fuzzy_names=False),
+                     key=lambda r: r["SOPInstanceUID"])
+        assert got == expected and len(got) >= 3
+    row = archive.retrieve_rows({"SOPInstanceUID": picked[0]})[0]
+    assert pydicom.dcmread(io.BytesIO(archive.read_instance(row))).SOPInstanceUID == picked[0]
