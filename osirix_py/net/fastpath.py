@@ -560,14 +560,9 @@ def associate_rq_primitive(items: bytes, called_ae_title, calling_ae_title):
                         cx.add_transfer_syntax(value)  # (see _install_transfer_syntax_cache)
                 contexts.append(cx)
             elif kind == 0x50:
-                user = []
-                for sub in _rq_items(raw, 4, len(raw)):
-                    value = _rq_item(sub, conformance)
-                    if value is _PYNETDICOM or sub[0] not in _RQ_SUB_ITEMS:
-                        return None
-                    dup = object.__new__(type(value))  # (a shallow copy: str, int, bool values)
-                    dup.__dict__.update(value.__dict__)
-                    user.append(dup)
+                user = _user_items(raw, conformance)
+                if user is None:
+                    return None
             else:
                 return None
         if app_context is None:
@@ -581,21 +576,81 @@ def associate_rq_primitive(items: bytes, called_ae_title, calling_ae_title):
     return prim
 
 
-def install_fast_associate_rq_decode() -> None:
-    """Read received association requests with :func:`associate_rq_primitive`.
+def associate_ac_primitive(items: bytes, reserved_aet, reserved_aec):
+    """The A-ASSOCIATE (accept) primitive of a received A-ASSOCIATE-AC PDU
+    (PS3.8 9.3.3) from its variable *items*, equal to what pynetdicom's
+    ``A_ASSOCIATE_AC.decode()`` + ``to_primitive()`` make, or None for what
+    only pynetdicom reads: the acceptance of our C-GET's 128 contexts and
+    127 role selections took it ~4 ms (see :func:`associate_rq_primitive`)."""
+    from pynetdicom import _config
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+    from pynetdicom.presentation import PresentationContext
 
-    Wraps pynetdicom's ``DULServiceProvider._decode_pdu``: an
-    A-ASSOCIATE-RQ PDU becomes an ``A_ASSOCIATE_RQ`` whose scalar fields are
-    read as pynetdicom reads them and whose ``to_primitive()`` is the fast
-    one (its ``variable_items`` are decoded by pynetdicom only if someone
-    asks).  pynetdicom's own path runs while an ``EVT_DATA_RECV`` or
-    ``EVT_PDU_RECV`` handler is bound (pynetdicom's debug logger is one:
-    it looks handlers up by the PDU's exact class)."""
-    from pynetdicom import evt
-    from pynetdicom.dul import DULServiceProvider
-    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    conformance = _config.ENFORCE_UID_CONFORMANCE
+    try:
+        prim = A_ASSOCIATE()
+        # (Not tested when received, PS3.8 Table 9-17: set as pynetdicom sets them.)
+        prim._called_ae_title = reserved_aet
+        prim._calling_ae_title = reserved_aec
+        user = None
+        for raw in _rq_items(items, 0, len(items)):
+            kind = raw[0]
+            if kind == 0x10:
+                value = _rq_item(raw, conformance)
+                if value is _PYNETDICOM:
+                    return None
+                prim.application_context_name = value  # (pynetdicom: the last one)
+            elif kind == 0x21:
+                cx = PresentationContext()
+                cx.context_id = raw[4]
+                cx.result = raw[6]
+                subs = list(_rq_items(raw, 8, len(raw)))
+                if any(sub[0] != 0x40 for sub in subs):
+                    return None
+                if subs and len(subs[0]) > 4:  # (an empty one: no syntax, as pynetdicom)
+                    value = _rq_item(subs[0], conformance)
+                    if value is _PYNETDICOM:
+                        return None
+                    cx.add_transfer_syntax(value)
+                prim.presentation_context_definition_results_list.append(cx)
+            elif kind == 0x50:
+                user = _user_items(raw, conformance)
+                if user is None:
+                    return None
+            else:
+                return None
+        if user is not None:
+            prim.user_information = user
+        prim.result = 0x00
+    except (ValueError, TypeError, IndexError):
+        return None
+    return prim
 
-    class QuickAssociateRQ(A_ASSOCIATE_RQ):
+
+def _user_items(raw: bytes, conformance: bool) -> list | None:
+    """Fresh copies of the user information sub-items of item *raw* (see
+    :func:`_rq_item`); None if any is left to pynetdicom."""
+    user = []
+    for sub in _rq_items(raw, 4, len(raw)):
+        value = _rq_item(sub, conformance)
+        if value is _PYNETDICOM or sub[0] not in _RQ_SUB_ITEMS:
+            return None
+        dup = object.__new__(type(value))  # (a shallow copy: str, int, bool values)
+        dup.__dict__.update(value.__dict__)
+        user.append(dup)
+    return user
+
+
+def _quick_pdu_class(base, build):
+    """*base* (pynetdicom's A_ASSOCIATE_RQ or _AC) whose ``decode`` reads
+    the fixed fields as pynetdicom does and keeps the variable items' bytes,
+    whose ``to_primitive`` is ``build(items, *the two AE fields)`` (falling
+    back to pynetdicom's on None), and whose ``variable_items`` are decoded
+    by pynetdicom only if someone asks."""
+    ae_fields = [name for (_, _), name, _, _ in base()._decoders
+                 if name not in ("protocol_version", "variable_items")]
+
+    class Quick(base):
         _osx_items: list
 
         @property  # type: ignore[override]
@@ -620,23 +675,43 @@ def install_fast_associate_rq_decode() -> None:
         def to_primitive(self):
             raw = self.__dict__.get("_osx_raw")
             if raw is not None:
-                prim = associate_rq_primitive(raw, self.called_ae_title, self.calling_ae_title)
+                prim = build(raw, *(getattr(self, name) for name in ae_fields))
                 if prim is not None:
                     return prim
             return super().to_primitive()
+
+    Quick.__name__ = Quick.__qualname__ = f"Quick{base.__name__}"
+    return Quick
+
+
+def install_fast_associate_decode() -> None:
+    """Read received association requests and acceptances with
+    :func:`associate_rq_primitive` / :func:`associate_ac_primitive`.
+
+    Wraps pynetdicom's ``DULServiceProvider._decode_pdu``: an A-ASSOCIATE-RQ
+    or -AC PDU becomes a subclass of pynetdicom's own (see
+    :func:`_quick_pdu_class`).  pynetdicom's own path runs while an
+    ``EVT_DATA_RECV`` or ``EVT_PDU_RECV`` handler is bound (pynetdicom's
+    debug logger is one: it looks handlers up by the PDU's exact class)."""
+    from pynetdicom import evt
+    from pynetdicom.dul import DULServiceProvider
+    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 
     with _hook_lock:
         original = DULServiceProvider._decode_pdu
         if getattr(original, "_osx_hook", False):
             return
+        quick = {b"\x01": (_quick_pdu_class(A_ASSOCIATE_RQ, associate_rq_primitive), "Evt6"),
+                 b"\x02": (_quick_pdu_class(A_ASSOCIATE_AC, associate_ac_primitive), "Evt3")}
 
         def _decode_pdu(self, bytestream):
-            if bytestream[:1] != b"\x01" or self.assoc.get_handlers(evt.EVT_PDU_RECV) \
+            kind = quick.get(bytes(bytestream[:1]))
+            if kind is None or self.assoc.get_handlers(evt.EVT_PDU_RECV) \
                     or self.assoc.get_handlers(evt.EVT_DATA_RECV):
                 return original(self, bytestream)
-            pdu = QuickAssociateRQ()
+            pdu = kind[0]()
             pdu.decode(bytes(bytestream))
-            return pdu, "Evt6"
+            return pdu, kind[1]
 
         _decode_pdu._osx_hook = True  # type: ignore[attr-defined]
         DULServiceProvider._decode_pdu = _decode_pdu
@@ -682,7 +757,7 @@ def install_association_hooks() -> None:
     requests too)."""
     install_uid_cache()
     install_fast_associate_rq()
-    install_fast_associate_rq_decode()
+    install_fast_associate_decode()
     install_fast_associate_ac()
     install_quick_kill()
 

@@ -895,6 +895,45 @@ def test_associate_ac_encoded_as_pynetdicom_encodes_it():
     assert fastpath.encode_associate_ac(_associate_ac(results, _user_info() + [ident])) is None
 
 
+def _ac_primitive_summary(p):
+    return (p._called_ae_title, p._calling_ae_title, p.application_context_name, p.result,
+            [(cx.context_id, cx.result, list(cx.transfer_syntax))
+             for cx in p.presentation_context_definition_results_list],
+            [(type(u).__name__, sorted((k, repr(v)) for k, v in vars(u).items()))
+             for u in p.user_information])
+
+
+def test_associate_ac_read_as_pynetdicom_reads_it():
+    """A received acceptance (accepted and refused contexts, a refused one
+    with an empty transfer syntax sub-item as some peers send, role
+    replies) gives pynetdicom's primitive; asynchronous operations in it
+    are left to pynetdicom."""
+    import struct
+
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+    from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+
+    fastpath.install_association_hooks()
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid, role.scu_role, role.scp_role = "1.2.840.10008.5.1.4.1.1.2", False, True
+    results = [(1, "1.2.840.10008.1.1", "1.2.840.10008.1.2", 0x00),
+               (3, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 0x00),
+               (5, "1.2.3.4", "1.2.840.10008.1.2", 0x03)]
+    raws = [A_ASSOCIATE_AC(_associate_ac(results, _user_info() + [role])).encode(),
+            A_ASSOCIATE_AC(_associate_ac(results[:1], _user_info(version=False),
+                                         "CALLED_16_CHARS_", "B")).encode()]
+    body = raws[0][6:] + bytes((0x21, 0, 0, 8, 7, 0, 3, 0, 0x40, 0, 0, 0))
+    raws.append(struct.pack(">BBI", 2, 0, len(body)) + body)
+    for raw in raws:
+        pdu = A_ASSOCIATE_AC()
+        pdu.decode(raw)
+        got = fastpath.associate_ac_primitive(raw[74:], pdu.reserved_aet, pdu.reserved_aec)
+        assert _ac_primitive_summary(got) == _ac_primitive_summary(pdu.to_primitive())
+    assert got.presentation_context_definition_results_list[-1].transfer_syntax == []
+    windowed = A_ASSOCIATE_AC(_associate_ac(results, _user_info(window=(1, 1)))).encode()
+    assert fastpath.associate_ac_primitive(windowed[74:], "OSIRIXPY", "GETSCU") is None
+
+
 def test_waiting_socket_does_not_wait_while_an_event_is_queued(monkeypatch):
     """The DUL reactor handles one event per loop, after it looks at the
     socket: with an event queued that look must not block (at an
