@@ -89,7 +89,7 @@ from .fastpath import (
     write_stores_as_received,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
-from .tcp import NODELAY_HANDLER
+from .tcp import NODELAY_HANDLER, install_dul_start_wakeup
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +485,7 @@ class Handlers:
             install_encode_hook()
             install_dimse_hook()
             install_association_hooks()
+            install_dul_start_wakeup()
         self.nodes = nodes
         self.ae_title = ae_title
         self.max_pdu = max_pdu

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import Verification
 
 from ..dicom import status as st
 from .fastpath import ContextList, install_association_hooks, quiet_pynetdicom
-from .tcp import NODELAY_HANDLER
+from .tcp import NODELAY_HANDLER, install_dul_start_wakeup
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def open_association(target: Target, calling_ae: str, contexts, *, timeout: floa
     deadline = time.monotonic() + timeout
     quiet_pynetdicom()
     install_association_hooks()
+    install_dul_start_wakeup()
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout

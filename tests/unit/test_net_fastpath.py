@@ -975,6 +975,42 @@ def test_waiting_socket_does_not_wait_while_an_event_is_queued(monkeypatch):
             s.close()
 
 
+def test_a_new_dul_wakes_for_its_first_primitive():
+    """Before its connection exists a DUL's idle sleep ends as soon as a
+    primitive (the association request) is queued, not after the sleep; a
+    DUL made after the hook starts with that queue, and the socket wake-up
+    takes what it holds over."""
+    import threading
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    from osirix_py.net import tcp
+
+    tcp.install_dul_start_wakeup()
+    dul = Association(AE(), "requestor").dul
+    assert type(dul.to_provider_queue) is tcp._StartQueue
+
+    class FakeDul(threading.Thread):
+        def __init__(self):
+            super().__init__(daemon=True)
+            self.to_provider_queue = tcp._StartQueue()
+
+        def run(self):
+            tcp._DulTime.sleep(30)  # would sleep 30 s without the wake-up
+
+    t = FakeDul()
+    t.start()
+    t.join(0.2)
+    assert t.is_alive()  # it does wait while nothing is queued
+    t.to_provider_queue.put("A-ASSOCIATE request")
+    t.join(10)
+    assert not t.is_alive()
+    moved = tcp._WakeQueue(None)
+    assert fastpath.move_queue(t.to_provider_queue, moved)
+    assert moved.get_nowait() == "A-ASSOCIATE request"
+
+
 def test_associations_with_the_hooks_negotiate_and_close_as_pynetdicoms(tmp_path):
     """A pynetdicom SCP sees the same request with and without the hooks
     (also through pynetdicom's own encoding when an EVT_PDU_SENT handler
