@@ -1197,19 +1197,54 @@ def _pending_too_soon(dimse, primitive) -> bool:
 
 
 def send_pdata(dul, primitive) -> None:
-    """Send a :func:`raw_pdata` primitive: written at once when the DUL's own
-    thread sends it (a request served inline, see :func:`serve_stores_inline`)
-    with nothing queued before it, as action DT-1 would write it a moment
-    later; otherwise queued with ``dul.send_pdu`` as usual."""
+    """Send a :func:`raw_pdata` primitive: written at once by the calling
+    thread when nothing is queued before it and the DUL is between actions,
+    as action DT-1 would write it a moment later; otherwise queued with
+    ``dul.send_pdu`` as usual.
+
+    On the DUL's own thread (a request served inline, see
+    :func:`serve_stores_inline`) that is always safe.  Another thread (a
+    C-GET's sub-operations on the association's reactor thread, a C-MOVE's
+    stores on its sub-association) writes itself only on a DUL given a send
+    lock by :func:`install_send_lock`, under that lock, which the DUL holds
+    for each of its state machine's actions: the two never write at once,
+    and nothing queued earlier is overtaken.  Measured, a C-GET of 100 CT
+    from the listener: each handover to the DUL thread (a wake-up and a
+    thread switch, ~60 us of the sender's time here) was made twice per
+    instance, for the store and for the pending response."""
     from pynetdicom import evt
 
-    if (threading.get_ident() == dul.ident and not dul.to_provider_queue.queue
-            and dul.event_queue.empty() and dul.socket is not None
-            and dul.state_machine.current_state == "Sta6"
-            and not dul.assoc.get_handlers(evt.EVT_PDU_SENT)):
-        dul.socket.send(primitive._osx_raw)
-        return
+    if dul.socket is not None and not dul.assoc.get_handlers(evt.EVT_PDU_SENT):
+        lock = getattr(dul, "_osx_send_lock", None)
+        if lock is not None:
+            with lock:
+                if (not dul.to_provider_queue.queue and dul.event_queue.empty()
+                        and dul.state_machine.current_state == "Sta6"):
+                    dul.socket.send(primitive._osx_raw)
+                    return
+        elif (threading.get_ident() == dul.ident and not dul.to_provider_queue.queue
+                and dul.event_queue.empty() and dul.state_machine.current_state == "Sta6"):
+            dul.socket.send(primitive._osx_raw)
+            return
     dul.send_pdu(primitive)
+
+
+def install_send_lock(dul) -> None:
+    """Give *dul* the send lock of :func:`send_pdata` (call before the DUL
+    runs or while nothing is queued for it): its state machine's actions run
+    holding it.  Re-entrant: an action's own event handlers may send."""
+    if getattr(dul, "_osx_send_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    sm = dul.state_machine
+    do_action = sm.do_action
+
+    def locked_do_action(event):
+        with lock:
+            return do_action(event)
+
+    sm.do_action = locked_do_action
+    dul._osx_send_lock = lock
 
 
 def install_dimse_hook() -> None:
@@ -1477,7 +1512,7 @@ class PausedSender:
         cmd = store_rq_command(req) if _sent_handlers_ignore_store_rsp(assoc) else None
         if cmd is not None:
             # Straight to the DUL: the file's data set bytes, one copy.
-            assoc.dul.send_pdu(raw_pdata(int(cx.context_id), cmd, raw,
+            send_pdata(assoc.dul, raw_pdata(int(cx.context_id), cmd, raw,
                                          int(assoc.dimse.maximum_pdu_size or 0)))
         else:
             req.DataSet = io.BytesIO(raw)

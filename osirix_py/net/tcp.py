@@ -31,7 +31,7 @@ import threading
 
 from pynetdicom import evt
 
-from .fastpath import TimeModule, install_fast_pdata, move_queue, replace_time
+from .fastpath import TimeModule, install_fast_pdata, install_send_lock, move_queue, replace_time
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,11 @@ def install_dul_wakeup(assoc) -> bool:
     import pynetdicom.dul as dul_module
 
     replace_time(dul_module, _DulTime)
-    # Received P-DATA goes straight to the DIMSE layer (see fastpath).
+    # Received P-DATA goes straight to the DIMSE layer, and P-DATA sent by
+    # another thread with nothing queued goes straight to the socket (see
+    # fastpath.send_pdata).
     install_fast_pdata(dul)
+    install_send_lock(dul)
     if pending:
         new._osx_wake.send(b"\0")
     return True

@@ -975,6 +975,91 @@ def test_waiting_socket_does_not_wait_while_an_event_is_queued(monkeypatch):
             s.close()
 
 
+def test_pdata_from_another_thread_is_written_directly_only_when_safe():
+    """With the send lock a P-DATA sent by a thread other than the DUL's is
+    written at once when nothing is queued before it and the DUL is not in
+    an action; queued behind anything queued (order kept); written only
+    after an action in progress ends; and queued as before on a DUL without
+    the lock."""
+    import queue
+    import threading
+
+    written: list = []
+
+    class FakeSocket:
+        def send(self, data):
+            written.append(data)
+
+    class FakeStateMachine:
+        current_state = "Sta6"
+
+        def do_action(self, event):
+            return event
+
+    class FakeAssoc:
+        def get_handlers(self, event):
+            return []
+
+    class FakeDul:
+        def __init__(self):
+            self.socket, self.assoc = FakeSocket(), FakeAssoc()
+            self.to_provider_queue, self.event_queue = queue.Queue(), queue.Queue()
+            self.state_machine = FakeStateMachine()
+            self.ident = -1  # (not this thread)
+            self.queued: list = []
+
+        def send_pdu(self, primitive):
+            self.queued.append(primitive._osx_raw)
+            self.to_provider_queue.put(primitive)
+
+    def pdata(tag: bytes):
+        return fastpath.raw_pdata(1, fastpath.command_set([(0x00000100, "US", 1)]), tag, 0)
+
+    plain = FakeDul()
+    fastpath.send_pdata(plain, pdata(b"a"))
+    assert written == [] and len(plain.queued) == 1  # no lock: queued as before
+
+    dul = FakeDul()
+    fastpath.install_send_lock(dul)
+    fastpath.send_pdata(dul, pdata(b"b"))
+    assert len(written) == 1 and written[0].endswith(b"b") and dul.queued == []
+    dul.to_provider_queue.put("an earlier primitive")
+    fastpath.send_pdata(dul, pdata(b"c"))
+    assert len(written) == 1 and dul.queued[-1].endswith(b"c")  # behind it, in order
+    dul.to_provider_queue = queue.Queue()
+    dul.state_machine.current_state = "Sta7"  # releasing: not for us
+    fastpath.send_pdata(dul, pdata(b"d"))
+    assert len(written) == 1 and dul.queued[-1].endswith(b"d")
+    dul.to_provider_queue = queue.Queue()
+    dul.state_machine.current_state = "Sta6"
+
+    in_action, release = threading.Event(), threading.Event()
+    original = FakeStateMachine.do_action
+
+    def slow_action(event):
+        in_action.set()
+        release.wait(10)
+        written.append(b"action")
+
+    FakeStateMachine.do_action = lambda self, event: slow_action(event)
+    try:
+        dul2 = FakeDul()
+        fastpath.install_send_lock(dul2)
+        t = threading.Thread(target=dul2.state_machine.do_action, args=("Evt9",))
+        t.start()
+        assert in_action.wait(10)
+        sender = threading.Thread(target=fastpath.send_pdata, args=(dul2, pdata(b"e")))
+        sender.start()
+        sender.join(0.2)
+        assert sender.is_alive()  # waits for the action to end
+        release.set()
+        t.join(10)
+        sender.join(10)
+        assert written[-2] == b"action" and written[-1].endswith(b"e")
+    finally:
+        FakeStateMachine.do_action = original
+
+
 def test_a_new_dul_wakes_for_its_first_primitive():
     """Before its connection exists a DUL's idle sleep ends as soon as a
     primitive (the association request) is queued, not after the sleep; a
