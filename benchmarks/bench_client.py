@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import data, peers
-from .harness import Context, Row, Target, register
+from .harness import Context, Row, Target, register, rotated
 from .peers import OSIRIX_AET, STORESCP_AET, Orthanc, PeerError, StoreSCP
 
 
@@ -85,20 +85,29 @@ def bench_retrieve(ctx: Context) -> list[Row]:
         # they would otherwise still be waiting in the page cache when our
         # next retrieve syncs the file system, and be written out on its
         # clock (measured: ~15 ms of a 120 ms retrieve).
-        for rep in range(ctx.repeat):
-            times["get"].append(ours("get"))
-            times["getscu"].append(peers.getscu(keys, aec=orth.aet, port=orth.dicom_port, out_dir=get_dir))
+        def getscu() -> float:
+            t = peers.getscu(keys, aec=orth.aet, port=orth.dicom_port, out_dir=get_dir)
             got = peers.count_files(get_dir)
             shutil.rmtree(get_dir, ignore_errors=True)
             if got != n:
                 raise PeerError(f"getscu: {got} of {n} arrived")
-            times["move"].append(ours("move"))
-            times["movescu"].append(peers.movescu(keys, aec=orth.aet, port=orth.dicom_port,
-                                                  dest=STORESCP_AET))
+            return t
+
+        def movescu() -> float:
+            t = peers.movescu(keys, aec=orth.aet, port=orth.dicom_port, dest=STORESCP_AET)
             got = dest.count_files()
             dest.clear()
             if got != n:
                 raise PeerError(f"movescu: {got} of {n} arrived")
+            return t
+
+        runs = {"get": lambda: ours("get"), "getscu": getscu,
+                "move": lambda: ours("move"), "movescu": movescu}
+        for rep in range(ctx.repeat):
+            # (Each side runs first in every other repetition: see rotated().)
+            for pair in (["get", "getscu"], ["move", "movescu"]):
+                for who in rotated(pair, rep):
+                    times[who].append(runs[who]())
             ctx.say(f"retrieve run {rep + 1}/{ctx.repeat}: " +
                     ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
     med = {k: ctx.median(v) for k, v in times.items()}

@@ -16,12 +16,13 @@ Every peer runs on 127.0.0.1 with free ports and its own temporary directory
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
 from . import data, peers
-from .harness import Context, Row, Target, register
+from .harness import Context, Row, Target, register, rotated
 from .peers import OSIRIX_AET, STORESCP_AET, Orthanc, OsirixServer, PeerError, StoreSCP
 
 ORTHANC = "Orthanc"
@@ -57,16 +58,29 @@ def bench_storescu(ctx: Context) -> list[Row]:
     dirs = fs.series_dirs[:n_series]
     n = sum(s["count"] for s in fs.manifest["series"][:n_series])
     times: dict[str, list[float]] = {"osirix-py": [], ORTHANC: [], "storescp": []}
+
+    def run(who: str) -> None:
+        if who == "osirix-py":
+            with OsirixServer(workdir=ctx.tempdir("osirix")) as srv:
+                times[who].append(peers.storescu(dirs, aec=srv.aet, port=srv.port))
+                _expect(who, srv.count_instances(), n)
+        elif who == ORTHANC:
+            with Orthanc(shim=ctx.shim, workdir=ctx.tempdir("orthanc")) as orth:
+                times[who].append(peers.storescu(dirs, aec=orth.aet, port=orth.dicom_port))
+                _expect("Orthanc", orth.count_instances(), n)
+        else:
+            with StoreSCP(shim=ctx.shim, workdir=ctx.tempdir("storescp")) as scp:
+                times[who].append(peers.storescu(dirs, aec=scp.aet, port=scp.port))
+                _expect(who, scp.count_files(), n)
+
     for rep in range(ctx.repeat):
-        with OsirixServer(workdir=ctx.tempdir("osirix")) as srv:
-            times["osirix-py"].append(peers.storescu(dirs, aec=srv.aet, port=srv.port))
-            _expect("osirix-py", srv.count_instances(), n)
-        with Orthanc(shim=ctx.shim, workdir=ctx.tempdir("orthanc")) as orth:
-            times[ORTHANC].append(peers.storescu(dirs, aec=orth.aet, port=orth.dicom_port))
-            _expect("Orthanc", orth.count_instances(), n)
-        with StoreSCP(shim=ctx.shim, workdir=ctx.tempdir("storescp")) as scp:
-            times["storescp"].append(peers.storescu(dirs, aec=scp.aet, port=scp.port))
-            _expect("storescp", scp.count_files(), n)
+        for who in rotated(list(times), rep):
+            run(who)
+            # Orthanc and storescp leave their files unsynced: written out
+            # by the next run's file-system sync, on its clock (ours syncs
+            # the file system before each acknowledgement).  Flushed here,
+            # between runs, untimed.
+            os.sync()
         ctx.say(f"storescu run {rep + 1}/{ctx.repeat}: " + ", ".join(
             f"{k} {n / v[-1]:.0f}/s" for k, v in times.items()))
         ctx.cleanup()
@@ -178,8 +192,9 @@ def _retrieve(ctx: Context, bench: str) -> list[Row]:
         times: dict[str, list[float]] = {"osirix-py": [], ORTHANC: []}
         targets = {"osirix-py": (srv.aet, srv.port), ORTHANC: (orth.aet, orth.dicom_port)}
         get_dir = ctx.tempdir("getscu")
-        for _ in range(ctx.repeat):
-            for who, (aec, port) in targets.items():
+        for rep in range(ctx.repeat):
+            for who in rotated(list(targets), rep):
+                aec, port = targets[who]
                 if bench == "cmove":
                     dest.clear()
                     t = peers.movescu(keys, aec=aec, port=port, dest=STORESCP_AET)

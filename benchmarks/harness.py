@@ -134,6 +134,19 @@ class Row:
 
 
 # --------------------------------------------------------------------------- context
+def rotated(items: list, k: int) -> list:
+    """*items* rotated left by *k*: the order of the runs of repetition *k*.
+
+    Which run follows another matters on this kind of machine: deleting a
+    run's files makes every file created in the next minute slower (ext4
+    without a journal scans the inodes deleted in the last 60 s on each
+    create: measured 0.05 -> 0.86 ms per create after deleting ~3,000
+    files), and page-cache pages freed by a deletion are cheaper to fill
+    than fresh ones.  Rotating gives each side each position equally."""
+    k %= len(items) or 1
+    return items[k:] + items[:k]
+
+
 @dataclass
 class Context:
     quick: bool = False
