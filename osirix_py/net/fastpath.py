@@ -718,17 +718,19 @@ def install_fast_associate_decode() -> None:
 
 
 #: How often a closing association looks whether its DUL has stopped.
-KILL_POLL = 0.0005
+KILL_POLL = 0.0001
 
 
 def install_quick_kill() -> None:
-    """Let a closing association notice its DUL stop within 0.5 ms.
+    """Let a closing association notice its DUL stop within 0.1 ms.
 
     ``Association.kill`` (after every release or abort, on both sides) polls
     ``dul.stop_dul()`` and sleeps 10 ms between tries; the DUL nearly always
     reaches its idle state a moment after the first try, so each association
     ended ~10-12 ms after its release was done.  The same loop, polling every
-    :data:`KILL_POLL` seconds.
+    :data:`KILL_POLL` seconds (0.5 ms until a C-MOVE's end was measured: its
+    sub-association's release then took 0.6 ms from the peer's answer, on
+    the way to the final response; a handful of polls costs nothing).
     """
     from pynetdicom.association import Association
 
