@@ -336,58 +336,70 @@ def encode_associate_rq(primitive) -> bytes | None:
             body = [bytes((int(cx.context_id), 0, 0, 0)), _item(0x30, _uid_bytes(cx.abstract_syntax))]
             body += [_item(0x40, _uid_bytes(ts)) for ts in cx.transfer_syntax]
             contexts.append(_item(0x20, b"".join(body)))
-        user = []
-        for sub in primitive.user_information:
-            encoder = _USER_INFO_ENCODERS.get(type(sub).__name__)
-            if encoder is None:
-                return None
-            user.append(_item(*encoder(sub)))
-        called = primitive.called_ae_title.encode("ascii")
-        calling = primitive.calling_ae_title.encode("ascii")
-        if len(called) > 16 or len(calling) > 16:
-            return None
-        body = b"".join([
-            struct.pack(">HH", 1, 0), called.ljust(16), calling.ljust(16), bytes(32),
-            _item(0x10, _uid_bytes(primitive.application_context_name)),
-            *contexts,
-            _item(0x50, b"".join(user)),
-        ])
-    except (AttributeError, TypeError, ValueError, UnicodeError, struct.error):
+        return _associate_pdu(0x01, primitive, contexts)
+    except (AttributeError, TypeError, ValueError, UnicodeError, IndexError, struct.error):
         return None
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
-def install_fast_associate_rq() -> None:
-    """Send association requests encoded by :func:`encode_associate_rq`.
+def _associate_pdu(pdu_type: int, primitive, contexts: list[bytes]) -> bytes | None:
+    """An A-ASSOCIATE-RQ (0x01) or -AC (0x02) PDU of *primitive* around its
+    encoded presentation context items *contexts*; None for user
+    information only pynetdicom encodes or AE titles over 16 bytes."""
+    user = []
+    for sub in primitive.user_information:
+        encoder = _USER_INFO_ENCODERS.get(type(sub).__name__)
+        if encoder is None:
+            return None
+        user.append(_item(*encoder(sub)))
+    called = primitive.called_ae_title.encode("ascii")
+    calling = primitive.calling_ae_title.encode("ascii")
+    if len(called) > 16 or len(calling) > 16:
+        return None
+    body = b"".join([
+        struct.pack(">HH", 1, 0), called.ljust(16), calling.ljust(16), bytes(32),
+        _item(0x10, _uid_bytes(primitive.application_context_name)),
+        *contexts,
+        _item(0x50, b"".join(user)),
+    ])
+    return struct.pack(">BBI", pdu_type, 0, len(body)) + body
 
-    Replaces the state machine's action AE-2 (send the A-ASSOCIATE-RQ once
-    connected) in pynetdicom's table: the same primitive taken from the same
-    queue, the same bytes on the socket, the same next state.  pynetdicom's
-    own action runs when an ``EVT_PDU_SENT`` handler is bound (it is given
-    the PDU object) or the request holds what is encoded only there.
-    """
+
+def _replace_send_action(action: str, encode, primitive_of) -> None:
+    """Replace the state machine's *action* (send an A-ASSOCIATE PDU) in
+    pynetdicom's table by one that writes ``encode(primitive_of(queued))``:
+    the same primitive taken from the same queue, the same bytes on the
+    socket, the same next state.  pynetdicom's own action runs when an
+    ``EVT_PDU_SENT`` handler is bound (it is given the PDU object) or
+    *encode* gives None."""
     from pynetdicom import evt, fsm
 
     with _hook_lock:
-        description, original, next_state = fsm.ACTIONS["AE-2"]
+        description, original, next_state = fsm.ACTIONS[action]
         if getattr(original, "_osx_hook", False):
             return
 
-        def send_associate_rq(dul) -> str:
-            primitive = dul.to_provider_queue.queue[0] if dul.to_provider_queue.queue else None
-            request = getattr(primitive, "request", None)
+        def send(dul) -> str:
+            queued = dul.to_provider_queue.queue[0] if dul.to_provider_queue.queue else None
+            primitive = primitive_of(queued) if queued is not None else None
             raw = None
-            if request is not None and dul.socket is not None \
+            if primitive is not None and dul.socket is not None \
                     and not dul.assoc.get_handlers(evt.EVT_PDU_SENT):
-                raw = encode_associate_rq(request)
+                raw = encode(primitive)
             if raw is None:
                 return original(dul)
             dul.to_provider_queue.get(False)
             dul.socket.send(raw)
             return next_state
 
-        send_associate_rq._osx_hook = True  # type: ignore[attr-defined]
-        fsm.ACTIONS["AE-2"] = (description, send_associate_rq, next_state)
+        send._osx_hook = True  # type: ignore[attr-defined]
+        fsm.ACTIONS[action] = (description, send, next_state)
+
+
+def install_fast_associate_rq() -> None:
+    """Send association requests encoded by :func:`encode_associate_rq`
+    (action AE-2: send the A-ASSOCIATE-RQ once connected; see
+    :func:`_replace_send_action`)."""
+    _replace_send_action("AE-2", encode_associate_rq, lambda queued: getattr(queued, "request", None))
 
 
 def encode_associate_ac(primitive) -> bytes | None:
@@ -397,60 +409,18 @@ def encode_associate_ac(primitive) -> bytes | None:
     role selections.  None for what only pynetdicom encodes (see
     :func:`encode_associate_rq`)."""
     try:
-        contexts = []
-        for cx in primitive.presentation_context_definition_results_list:
-            ts = cx.transfer_syntax[0]
-            contexts.append(_item(0x21, bytes((int(cx.context_id), 0, int(cx.result), 0))
-                                  + _item(0x40, _uid_bytes(ts))))
-        user = []
-        for sub in primitive.user_information:
-            encoder = _USER_INFO_ENCODERS.get(type(sub).__name__)
-            if encoder is None:
-                return None
-            user.append(_item(*encoder(sub)))
-        called = primitive.called_ae_title.encode("ascii")
-        calling = primitive.calling_ae_title.encode("ascii")
-        if len(called) > 16 or len(calling) > 16:
-            return None
-        body = b"".join([
-            struct.pack(">HH", 1, 0), called.ljust(16), calling.ljust(16), bytes(32),
-            _item(0x10, _uid_bytes(primitive.application_context_name)),
-            *contexts,
-            _item(0x50, b"".join(user)),
-        ])
+        contexts = [_item(0x21, bytes((int(cx.context_id), 0, int(cx.result), 0))
+                          + _item(0x40, _uid_bytes(cx.transfer_syntax[0])))
+                    for cx in primitive.presentation_context_definition_results_list]
+        return _associate_pdu(0x02, primitive, contexts)
     except (AttributeError, TypeError, ValueError, UnicodeError, IndexError, struct.error):
         return None
-    return struct.pack(">BBI", 0x02, 0, len(body)) + body
 
 
 def install_fast_associate_ac() -> None:
-    """Send association acceptances encoded by :func:`encode_associate_ac`.
-
-    Replaces the state machine's action AE-7 (send the A-ASSOCIATE-AC) as
-    :func:`install_fast_associate_rq` replaces AE-2; pynetdicom's own
-    action runs when an ``EVT_PDU_SENT`` handler is bound or the primitive
-    holds what is encoded only there."""
-    from pynetdicom import evt, fsm
-
-    with _hook_lock:
-        description, original, next_state = fsm.ACTIONS["AE-7"]
-        if getattr(original, "_osx_hook", False):
-            return
-
-        def send_associate_ac(dul) -> str:
-            primitive = dul.to_provider_queue.queue[0] if dul.to_provider_queue.queue else None
-            raw = None
-            if primitive is not None and dul.socket is not None \
-                    and not dul.assoc.get_handlers(evt.EVT_PDU_SENT):
-                raw = encode_associate_ac(primitive)
-            if raw is None:
-                return original(dul)
-            dul.to_provider_queue.get(False)
-            dul.socket.send(raw)
-            return next_state
-
-        send_associate_ac._osx_hook = True  # type: ignore[attr-defined]
-        fsm.ACTIONS["AE-7"] = (description, send_associate_ac, next_state)
+    """Send association acceptances encoded by :func:`encode_associate_ac`
+    (action AE-7; see :func:`_replace_send_action`)."""
+    _replace_send_action("AE-7", encode_associate_ac, lambda queued: queued)
 
 
 # --------------------------------------------------------------------------- A-ASSOCIATE-RQ received
@@ -532,42 +502,29 @@ def associate_rq_primitive(items: bytes, called_ae_title, calling_ae_title):
     from pynetdicom.presentation import PresentationContext
 
     conformance = _config.ENFORCE_UID_CONFORMANCE
+
+    def context(raw: bytes):
+        cx = PresentationContext()
+        cx.context_id = raw[4]
+        for sub in _rq_items(raw, 8, len(raw)):
+            value = _rq_item(sub, conformance)
+            if value is _PYNETDICOM or sub[0] not in (0x30, 0x40):
+                return None
+            if sub[0] == 0x30:
+                cx.abstract_syntax = value
+            else:
+                cx.add_transfer_syntax(value)  # (see _install_transfer_syntax_cache)
+        return cx
+
     try:
+        read = _associate_items(items, conformance, 0x20, context)
+        if read is None or not read[0]:
+            return None
+        apps, contexts, user = read
         prim = A_ASSOCIATE()
         prim.calling_ae_title = calling_ae_title
         prim.called_ae_title = called_ae_title
-        app_context = None
-        contexts = []
-        user = None
-        for raw in _rq_items(items, 0, len(items)):
-            kind = raw[0]
-            if kind == 0x10:
-                value = _rq_item(raw, conformance)
-                if value is _PYNETDICOM:
-                    return None
-                if app_context is None:  # (pynetdicom: the first one)
-                    app_context = value
-            elif kind == 0x20:
-                cx = PresentationContext()
-                cx.context_id = raw[4]
-                for sub in _rq_items(raw, 8, len(raw)):
-                    value = _rq_item(sub, conformance)
-                    if value is _PYNETDICOM or sub[0] not in (0x30, 0x40):
-                        return None
-                    if sub[0] == 0x30:
-                        cx.abstract_syntax = value
-                    else:
-                        cx.add_transfer_syntax(value)  # (see _install_transfer_syntax_cache)
-                contexts.append(cx)
-            elif kind == 0x50:
-                user = _user_items(raw, conformance)
-                if user is None:
-                    return None
-            else:
-                return None
-        if app_context is None:
-            return None
-        prim.application_context_name = app_context
+        prim.application_context_name = apps[0]  # (pynetdicom: the first one)
         prim.presentation_context_definition_list.extend(contexts)
         if user is not None:
             prim.user_information = user
@@ -587,44 +544,66 @@ def associate_ac_primitive(items: bytes, reserved_aet, reserved_aec):
     from pynetdicom.presentation import PresentationContext
 
     conformance = _config.ENFORCE_UID_CONFORMANCE
+
+    def context(raw: bytes):
+        cx = PresentationContext()
+        cx.context_id = raw[4]
+        cx.result = raw[6]
+        subs = list(_rq_items(raw, 8, len(raw)))
+        if any(sub[0] != 0x40 for sub in subs):
+            return None
+        if subs and len(subs[0]) > 4:  # (an empty one: no syntax, as pynetdicom)
+            value = _rq_item(subs[0], conformance)
+            if value is _PYNETDICOM:
+                return None
+            cx.add_transfer_syntax(value)
+        return cx
+
     try:
+        read = _associate_items(items, conformance, 0x21, context)
+        if read is None:
+            return None
+        apps, contexts, user = read
         prim = A_ASSOCIATE()
         # (Not tested when received, PS3.8 Table 9-17: set as pynetdicom sets them.)
         prim._called_ae_title = reserved_aet
         prim._calling_ae_title = reserved_aec
-        user = None
-        for raw in _rq_items(items, 0, len(items)):
-            kind = raw[0]
-            if kind == 0x10:
-                value = _rq_item(raw, conformance)
-                if value is _PYNETDICOM:
-                    return None
-                prim.application_context_name = value  # (pynetdicom: the last one)
-            elif kind == 0x21:
-                cx = PresentationContext()
-                cx.context_id = raw[4]
-                cx.result = raw[6]
-                subs = list(_rq_items(raw, 8, len(raw)))
-                if any(sub[0] != 0x40 for sub in subs):
-                    return None
-                if subs and len(subs[0]) > 4:  # (an empty one: no syntax, as pynetdicom)
-                    value = _rq_item(subs[0], conformance)
-                    if value is _PYNETDICOM:
-                        return None
-                    cx.add_transfer_syntax(value)
-                prim.presentation_context_definition_results_list.append(cx)
-            elif kind == 0x50:
-                user = _user_items(raw, conformance)
-                if user is None:
-                    return None
-            else:
-                return None
+        if apps:
+            prim.application_context_name = apps[-1]  # (pynetdicom: the last one)
+        prim.presentation_context_definition_results_list.extend(contexts)
         if user is not None:
             prim.user_information = user
         prim.result = 0x00
     except (ValueError, TypeError, IndexError):
         return None
     return prim
+
+
+def _associate_items(items: bytes, conformance: bool, context_type: int, read_context):
+    """(application context names, presentation contexts, user information
+    items or None when there is no such item) of an A-ASSOCIATE PDU's
+    variable *items*, each context item of *context_type* read by
+    ``read_context(raw)``; None where anything is left to pynetdicom."""
+    apps, contexts, user = [], [], None
+    for raw in _rq_items(items, 0, len(items)):
+        kind = raw[0]
+        if kind == 0x10:
+            value = _rq_item(raw, conformance)
+            if value is _PYNETDICOM:
+                return None
+            apps.append(value)
+        elif kind == context_type:
+            cx = read_context(raw)
+            if cx is None:
+                return None
+            contexts.append(cx)
+        elif kind == 0x50:
+            user = _user_items(raw, conformance)
+            if user is None:
+                return None
+        else:
+            return None
+    return apps, contexts, user
 
 
 def _user_items(raw: bytes, conformance: bool) -> list | None:
