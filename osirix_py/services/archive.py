@@ -47,7 +47,7 @@ class _Received:
 
     tmp_key: str
     size: int
-    digest: str | Future  # (hashed as it arrived: see IncomingFile)
+    digest: str  # (hashed as it arrived: see IncomingFile)
 
 
 #: Imported files whose index commit may be outstanding at once.
@@ -273,8 +273,7 @@ class Archive:
                 done, received = received.finish(), None
                 if (done is not None and in_place_path is None and hdr.data is data
                         and done[1] == len(data)):
-                    # Hashed as it arrived; the row awaits the digest.
-                    staged = _Received(*done)
+                    staged = _Received(*done)  # (its digest: hashed as it arrived)
                 elif done is not None:
                     self.store.discard_staged(done[0])  # not these bytes after all
         finally:
