@@ -1315,16 +1315,22 @@ def received_part10(event) -> bytes:
     encoded directly (the same bytes, ~1 ms less per instance); the very
     bytes it was received into when the fast path made them (see
     :class:`ReceivedDataSet`)."""
-    req = event.request
-    ts = str(event.context.transfer_syntax)
+    whole = part10_of(event.request, str(event.context.transfer_syntax))
+    return whole if whole is not None else event.encoded_dataset()
+
+
+def part10_of(req, transfer_syntax: str) -> bytes | None:
+    """The Part 10 bytes of C-STORE request *req*'s data set received in
+    *transfer_syntax* (see :func:`received_part10`); None where only
+    pynetdicom can make them."""
     stream = req.DataSet
     if isinstance(stream, ReceivedDataSet):
-        whole = stream.part10_for(ts)
+        whole = stream.part10_for(transfer_syntax)
         if whole is not None:
             return whole
-    head = part10_head(req, ts)
-    if head is None:
-        return event.encoded_dataset()
+    head = part10_head(req, transfer_syntax)
+    if head is None or not isinstance(stream, io.BytesIO):
+        return None
     return b"".join((head, stream.getvalue()))
 
 
@@ -1812,18 +1818,26 @@ def _install_serve_lock():
         return original
 
 
-def serve_requests_inline(assoc) -> None:
+def serve_requests_inline(assoc, quick_store=None) -> None:
     """Serve the C-STORE requests that arrive on the accepted association
     *assoc* on its DUL thread, as each is received (see
     :func:`serve_stores_inline`): pynetdicom's own ``_serve_request`` (the
     Storage service class, the ``EVT_C_STORE`` handler, the response), minus
     the hand-off to the association's thread and back.
 
+    *quick_store(request)*: a status for a request it serves itself (a
+    sub-operation of our own C-MOVE, acknowledged at once), answered with
+    the response pynetdicom's Storage service class would build, without
+    the service class and the event around the handler (~0.15 ms a store);
+    None for a request it leaves to that usual path.
+
     One request at a time per association, whichever thread serves it: the
     association thread takes the same lock around each request it serves,
     and a C-STORE that arrives while it holds it (a peer with asynchronous
     operations, say) is queued for it as before.
     """
+    from pynetdicom.dimse_primitives import C_STORE
+
     serve_request = _install_serve_lock()
     lock = threading.Lock()
 
@@ -1832,7 +1846,18 @@ def serve_requests_inline(assoc) -> None:
             assoc.dimse.msg_queue.put((prim._context_id, prim))
             return
         try:
-            serve_request(assoc, prim, prim._context_id)
+            status = None
+            if quick_store is not None and type(prim) is C_STORE and not assoc._sent_release:
+                status = quick_store(prim)
+            if status is None:
+                serve_request(assoc, prim, prim._context_id)
+            else:
+                rsp = C_STORE()
+                rsp.MessageID = rsp.MessageIDBeingRespondedTo = prim.MessageID
+                rsp.AffectedSOPInstanceUID = prim.AffectedSOPInstanceUID
+                rsp.AffectedSOPClassUID = prim.AffectedSOPClassUID
+                rsp.Status = status
+                assoc.dimse.send_msg(rsp, prim._context_id)
         finally:
             lock.release()
             _discard_received(prim)

@@ -34,6 +34,7 @@ import logging
 import struct
 import threading
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -64,7 +65,7 @@ from pynetdicom.sop_class import (
 
 from ..db.matching import QueryError
 from ..dicom import status as st
-from ..dicom.header import DicomFileError, read_header
+from ..dicom.header import DicomFileError, Header, read_header
 from ..dicom.tags import LEVELS, UNIQUE_KEYS, Level, attributes_up_to, find_attribute
 from ..services.archive import helper_pool
 from ..storage.base import StorageError, StorageFullError
@@ -81,6 +82,7 @@ from .fastpath import (
     install_reactor_wakeup,
     discard_unreceived,
     part10_head,
+    part10_of,
     received_file,
     received_part10,
     remove_reactor_wakeup,
@@ -516,14 +518,17 @@ class Handlers:
         return f"{req.ae_title}@{req.address}"
 
     def _count(self, event, what: str) -> None:
+        self._count_for(event.assoc, what)
+
+    def _count_for(self, assoc, what: str) -> None:
         with self._lock:
-            self._stats.setdefault(id(event.assoc), Counter())[what] += 1
+            self._stats.setdefault(id(assoc), Counter())[what] += 1
 
     def _on_established(self, event) -> None:
         if self.fast_find and event.assoc.is_acceptor:
             # (An acceptor's EVT_ESTABLISHED runs on its reactor thread.)
             install_reactor_wakeup(event.assoc)
-            serve_requests_inline(event.assoc)
+            serve_requests_inline(event.assoc, self._quick_store(event.assoc))
             write_stores_as_received(event.assoc, self._file_opener(event.assoc))
         log.debug("association from %s:%s (%s -> %s) accepted", self._peer(event),
                   event.assoc.requestor.port, event.assoc.requestor.ae_title,
@@ -648,21 +653,11 @@ class Handlers:
                         "command", peer, v.get("SOPClassUID"), req.AffectedSOPClassUID)
             return status_ds(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                              "SOP Class UID of data set differs from the command's")
-        calling_ae = str(event.assoc.requestor.ae_title)
-        originator = req.MoveOriginatorApplicationEntityTitle
-        move_id = req.MoveOriginatorMessageID
-        early = self._early_ack(calling_ae, req)
+        early = self._early_ack(str(event.assoc.requestor.ae_title), req)
         try:
             if early:
-                # A sub-operation of our own C-MOVE: acknowledged at once, as
-                # our C-GET's are; writing and indexing run on a helper thread
-                # while the next instance arrives, and the retrieve waits for
-                # them (see net.moves) and counts what failed there.
-                fut = helper_pool("cmove-store", 1).submit(
-                    self.archive.submit_bytes, data, origin=f"dicom:{peer}",
-                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
-                if ACTIVE_MOVES.track(calling_ae, originator, hdr.sop_instance_uid, fut, move_id):
-                    self._count(event, "stored")
+                fut = self._submit_early(event.assoc, req, data, hdr, peer)
+                if fut is None:
                     return st.SUCCESS
                 out = fut.result().result()  # the retrieve ended meanwhile: durable first
             else:
@@ -690,6 +685,58 @@ class Handlers:
         self._count(event, out.status)
         log.debug("C-STORE from %s: %s %s", peer, out.status, out.sop_instance_uid)
         return st.SUCCESS
+
+    def _submit_early(self, assoc, req, data: bytes, hdr: Header, peer: str) -> Future | None:
+        """Store a sub-operation of our own C-MOVE, acknowledged at once as
+        our C-GET's are: written and indexed on a helper thread while the
+        next instance arrives; its retrieve waits for it (see net.moves) and
+        counts it if it fails.  None once attached to its retrieve; the
+        store's future when that retrieve has ended meanwhile (the caller
+        must then wait for it before answering)."""
+        fut = helper_pool("cmove-store", 1).submit(
+            self.archive.submit_bytes, data, origin=f"dicom:{peer}",
+            name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
+        if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
+                                  req.MoveOriginatorApplicationEntityTitle,
+                                  hdr.sop_instance_uid, fut, req.MoveOriginatorMessageID):
+            return fut
+        self._count_for(assoc, "stored")
+        return None
+
+    def _quick_store(self, assoc):
+        """For :func:`serve_requests_inline`: the sub-operations of our own
+        C-MOVE that arrive on *assoc*, served without pynetdicom's Storage
+        service class (their status), everything else left to it (None) --
+        anything :meth:`on_store` would refuse or has to wait for included."""
+
+        def quick(req):
+            if not self._early_ack(str(assoc.requestor.ae_title), req):
+                return None
+            cx = assoc._accepted_cx.get(req._context_id)
+            data = part10_of(req, str(cx.transfer_syntax[0])) if cx is not None \
+                and cx.transfer_syntax else None
+            if data is None:
+                return None
+            try:
+                hdr = read_header(data, name="data set")
+            except DicomFileError:
+                return None
+            v = hdr.values
+            if str(v.get("SOPInstanceUID")) != str(req.AffectedSOPInstanceUID).strip() \
+                    or str(v.get("SOPClassUID")) != str(req.AffectedSOPClassUID).strip():
+                return None
+            peer = f"{assoc.requestor.ae_title}@{assoc.requestor.address}"
+            fut = self._submit_early(assoc, req, data, hdr, peer)
+            if fut is None:
+                return st.SUCCESS
+            try:  # (the retrieve ended meanwhile: durable first)
+                out = fut.result().result()
+            except Exception:  # noqa: BLE001 - stored again the usual way, which says why
+                return None
+            self._count_for(assoc, out.status)
+            return st.SUCCESS
+
+        return quick
 
     # ------------------------------------------------------------------ find
     def _parse(self, event, *, retrieve: bool) -> ParsedIdentifier:

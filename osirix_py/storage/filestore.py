@@ -365,7 +365,7 @@ class FileStore:
 
 
 class IncomingFile:
-    """A file of the store written as its bytes arrive (a C-STORE data set,
+    r"""A file of the store written as its bytes arrive (a C-STORE data set,
     PDU by PDU), so that the write, the disk's write-back and the checksum
     overlap its reception instead of following it.
 

@@ -194,15 +194,19 @@ def test_eight_pynetdicom_associations_at_once(runtime, scu):
 
 
 # --------------------------------------------------------------------------- bad input
-def _send_raw_c_store(assoc, data: bytes, sop_class: str, sop_instance: str, msg_id: int) -> Dataset:
+def _send_raw_c_store(assoc, data: bytes, sop_class: str, sop_instance: str, msg_id: int,
+                      originator: tuple[str, int] | None = None) -> Dataset:
     """A C-STORE whose command UIDs need not match the data set (pynetdicom's
-    send_c_store takes them from the data set)."""
+    send_c_store takes them from the data set); *originator*: its Move
+    Originator AE Title and Message ID."""
     cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class)
     req = C_STORE()
     req.MessageID = msg_id
     req.AffectedSOPClassUID = sop_class
     req.AffectedSOPInstanceUID = sop_instance
     req.Priority = 2
+    if originator is not None:
+        req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID = originator
     req.DataSet = io.BytesIO(data)
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
@@ -439,6 +443,43 @@ def test_stores_are_written_as_they_arrive_and_leave_nothing_behind(runtime, scu
         assert pydicom.dcmread(io.BytesIO(on_disk)).PixelData == ds.PixelData
         assert row["_checksum"] == hashlib.sha256(on_disk).hexdigest()
         assert row["_file_size"] == len(on_disk) > 16382
+    assert runtime.archive.check().clean
+
+
+def test_stores_of_our_own_c_move_are_answered_at_once_and_stored_behind(runtime, scu):
+    """The PACS's C-STOREs for a C-MOVE we sent (calling AE the PACS, move
+    originator us, our request's message ID) are answered at once and
+    stored in the background: each is tracked for its retrieve and in the
+    archive once those are settled.  One whose data set does not match its
+    command is refused as any other store; one for another C-MOVE (another
+    message ID) is stored the usual way, durable before its answer."""
+    from osirix_py.net.moves import ACTIVE_MOVES
+
+    first, second, later = _ct(3, rows=64, columns=64, patient_id="EARLYACK")
+    stray = _ct(1, rows=64, columns=64, patient_id="EARLYMISMATCH")[0]
+    with ACTIVE_MOVES.expecting("PACS", AET, 7) as exp:
+        with scu(runtime.listener_port, [build_context(CTImageStorage)], calling="PACS") as assoc:
+            statuses = [assoc.send_c_store(ds, originator_aet=AET, originator_id=7).Status
+                        for ds in (first, second)]
+            refused = _send_raw_c_store(assoc, encode(stray, False, True), CTImageStorage,
+                                        generate_uid(), 9, originator=(AET, 7))
+            usual = assoc.send_c_store(later, originator_aet=AET, originator_id=8).Status
+            stored_at_answer = runtime.archive.count(
+                "image", {"SOPInstanceUID": later.SOPInstanceUID})
+        tracked = list(exp.pending)
+    assert statuses == [st.SUCCESS, st.SUCCESS] and usual == st.SUCCESS
+    assert refused.Status == st.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert stored_at_answer == 1  # (the usual way: durable before its answer)
+    assert [sop for sop, _ in tracked] == [first.SOPInstanceUID, second.SOPInstanceUID]
+    for _, fut in tracked:
+        assert fut.result(10).result(10).status == "stored"
+    runtime.archive.writer.flush().result(10)
+    stored = {r["SOPInstanceUID"] for r in runtime.archive.find("instance")}
+    assert stored == {first.SOPInstanceUID, second.SOPInstanceUID, later.SOPInstanceUID}
+    for ds in (first, second):
+        row = runtime.archive.find("image", {"SOPInstanceUID": ds.SOPInstanceUID})[0]
+        assert pydicom.dcmread(io.BytesIO(runtime.archive.read_instance(row))).PixelData \
+            == ds.PixelData
     assert runtime.archive.check().clean
 
 
