@@ -32,6 +32,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from osirix_py.db.engine import open_database
 from osirix_py.dicom import status as st
 from osirix_py.dicom import synthetic
+from osirix_py.net.fastpath import pause_reactor
 from osirix_py.net.scu import EchoError, echo_address
 from osirix_py.net.tcp import association_socket, has_nodelay
 from osirix_py.services.archive import Archive
@@ -208,9 +209,9 @@ def _send_raw_c_store(assoc, data: bytes, sop_class: str, sop_instance: str, msg
     if originator is not None:
         req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID = originator
     req.DataSet = io.BytesIO(data)
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    # (pynetdicom's own pause, a flag read without a lock, lets a reactor that
+    # has just resumed take the response off the queue; see pause_reactor.)
+    pause_reactor(assoc)
     try:
         assoc.dimse.send_msg(req, cx.context_id)
         _, rsp = assoc.dimse.get_msg(block=True)
