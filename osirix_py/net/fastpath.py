@@ -1794,7 +1794,16 @@ def _install_serve_lock():
     ``_osx_serve_lock`` (when it has one, see :func:`serve_requests_inline`)
     around each request, and discard the request's received file afterwards
     unless its handler took it (:func:`write_stores_as_received`); returns
-    pynetdicom's own ``_serve_request``."""
+    pynetdicom's own ``_serve_request``.
+
+    It also gives back a *response* that an association's reactor took off
+    the DIMSE queue (pynetdicom logs "Received unexpected C-STORE service
+    message" and drops it): pynetdicom's ``send_*()`` pause the reactor with
+    a flag read without a lock (see :func:`pause_reactor`), so a reactor that
+    has just resumed can take the response its sender waits for, which then
+    waits out the DIMSE timeout.  Queued again once, it reaches that sender
+    (woken by the put, while the reactor sleeps its tick); a response nobody
+    takes is dropped the second time, as before."""
     from pynetdicom.association import Association
 
     with _hook_lock:
@@ -1804,6 +1813,11 @@ def _install_serve_lock():
         original = Association._serve_request
 
         def _serve_request(self, msg, context_id: int) -> None:
+            if (getattr(msg, "MessageIDBeingRespondedTo", None) is not None
+                    and not msg.is_valid_request and not getattr(msg, "_osx_requeued", False)):
+                msg._osx_requeued = True
+                self.dimse.msg_queue.put((context_id, msg))
+                return
             lock = getattr(self, "_osx_serve_lock", None)
             try:
                 if lock is None:

@@ -1060,6 +1060,25 @@ def test_pdata_from_another_thread_is_written_directly_only_when_safe():
         FakeStateMachine.do_action = original
 
 
+def test_a_response_taken_by_the_reactor_is_given_back_once():
+    """pynetdicom's reactor can take a response its sender waits for (a racy
+    pause); it goes back to the DIMSE queue once, for that sender, and is
+    dropped as pynetdicom drops it if it comes back again.  Requests are
+    served as before."""
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    fastpath._install_serve_lock()
+    assoc = Association(AE(), "requestor")
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 5
+    rsp.Status = 0
+    assoc._serve_request(rsp, 1)
+    assert assoc.dimse.msg_queue.get_nowait() == (1, rsp)
+    assoc._serve_request(rsp, 1)  # (pynetdicom: "Received unexpected ... message")
+    assert assoc.dimse.msg_queue.empty()
+
+
 def test_a_new_dul_wakes_for_its_first_primitive():
     """Before its connection exists a DUL's idle sleep ends as soon as a
     primitive (the association request) is queued, not after the sleep; a
