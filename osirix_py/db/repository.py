@@ -339,10 +339,6 @@ def _retrieve_columns() -> list:
                    instances.c.file_size.label("_file_size")]
 
 
-#: keys -> the statement of an exact-match retrieve on those keys.
-_RETRIEVE_SQL: dict[tuple[str, ...], Select] = {}
-
-
 def retrieve_rows(conn: Connection, query: Mapping[str, object], *,
                   fuzzy_names: bool = True) -> list[dict]:
     """The instances matching *query* (keys at any level), each a dict of
@@ -351,25 +347,13 @@ def retrieve_rows(conn: Connection, query: Mapping[str, object], *,
     attributes of an IMAGE-level :func:`find` row (~1.5 of its 2 ms for 100
     instances).  Unordered.
 
-    The usual retrieve (exact UIDs, IDs and codes: see :func:`_exact_shape`)
-    runs on SQLite through a statement built once per set of keys and the
-    driver's cursor (``_in_place`` is then 0/1, not a bool): building the
-    statement again took as long as running it."""
-    shape = _exact_shape(Level.IMAGE, query) if conn.dialect.name == "sqlite" else None
-    if shape is not None:
-        keys, values = shape
-        stmt = _RETRIEVE_SQL.get(keys)
-        if stmt is None:
-            conds = []
-            for i, kw in enumerate(keys):
-                a = find_attribute(kw)
-                conds.append(LEVEL_TABLES[a.level].c[a.column] == bindparam(f"p{i}"))
-            stmt = _joined_select(Level.IMAGE, _retrieve_columns()).where(*conds)
-            if len(_RETRIEVE_SQL) < _EXACT_SQL_MAX:
-                _RETRIEVE_SQL[keys] = stmt
-        cur = _execute(conn, stmt, {f"p{i}": v for i, v in enumerate(values)})
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+    The usual retrieve (exact UIDs, IDs and codes) runs on SQLite through
+    :func:`_exact_query` (``_in_place`` is then 0/1, not a bool): building
+    the statement again took as long as running it."""
+    fast = _exact_query(conn, "retrieve", Level.IMAGE, query,
+                        lambda conds: _joined_select(Level.IMAGE, _retrieve_columns()).where(*conds))
+    if fast is not None:
+        return list(fast)
     q = _joined_select(Level.IMAGE, _retrieve_columns()).where(
         *build_conditions(Level.IMAGE, query, fuzzy_names=fuzzy_names))
     return [dict(r._mapping) for r in conn.execute(q)]
@@ -378,7 +362,8 @@ def retrieve_rows(conn: Connection, query: Mapping[str, object], *,
 #: Value representations whose plain value (no wildcard, list or range) is
 #: matched by equality alone in :func:`~osirix_py.db.matching.match_clause`.
 _EQUALITY_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UI"})
-#: (level, keys) -> the statement of exact-match queries on those keys.
+#: (kind, level, keys) -> the statement of exact-match queries on those keys
+#: (see :func:`_exact_query`).
 _EXACT_SQL: dict[tuple, Select] = {}
 _EXACT_SQL_MAX = 256
 
@@ -408,26 +393,38 @@ def _exact_shape(level: Level, query: Mapping[str, object]) -> tuple[tuple[str, 
 
 def _exact_rows(conn: Connection, level: Level, query: Mapping[str, object]) -> Iterator[dict] | None:
     """The rows of an exact-match query at PATIENT/STUDY/SERIES level on
-    SQLite, through a statement built once per set of keys and run on the
-    driver's cursor (:func:`_execute`: ~20 us instead of ~300 us of statement
-    building and SQLAlchemy execution).  None when the query is anything else: the general
-    path answers it (same rows, same order -- and those levels' result
-    columns are all text or integers, which SQLAlchemy hands back as is)."""
-    if level is Level.IMAGE or conn.dialect.name != "sqlite":
+    SQLite (see :func:`_exact_query`); None when the query is anything else:
+    the general path answers it (same rows, same order -- and those levels'
+    result columns are all text or integers, which SQLAlchemy hands back as
+    is)."""
+    if level is Level.IMAGE:
+        return None
+    return _exact_query(conn, "find", level, query,
+                        lambda conds: _base_select(level).where(*conds).order_by(*_ORDER[level]()))
+
+
+def _exact_query(conn: Connection, kind: str, level: Level, query: Mapping[str, object],
+                 build) -> Iterator[dict] | None:
+    """The rows of *query* when it is an exact match at *level* (see
+    :func:`_exact_shape`) on SQLite, through the statement ``build(where
+    clauses)`` made once per (*kind*, level, set of keys) and run on the
+    driver's cursor (:func:`_execute`: ~20 us instead of ~300 us of
+    statement building and SQLAlchemy execution); None otherwise."""
+    if conn.dialect.name != "sqlite":
         return None
     shape = _exact_shape(level, query)
     if shape is None:
         return None
     keys, values = shape
-    stmt = _EXACT_SQL.get((level, keys))
+    stmt = _EXACT_SQL.get((kind, level, keys))
     if stmt is None:
         conds = []
         for i, kw in enumerate(keys):
             a = find_attribute(kw)
             conds.append(LEVEL_TABLES[a.level].c[a.column] == bindparam(f"p{i}"))
-        stmt = _base_select(level).where(*conds).order_by(*_ORDER[level]())
+        stmt = build(conds)
         if len(_EXACT_SQL) < _EXACT_SQL_MAX:
-            _EXACT_SQL[(level, keys)] = stmt
+            _EXACT_SQL[(kind, level, keys)] = stmt
     cur = _execute(conn, stmt, {f"p{i}": v for i, v in enumerate(values)})
     names = [d[0] for d in cur.description]
     return (dict(zip(names, row)) for row in cur)
