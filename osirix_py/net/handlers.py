@@ -465,6 +465,23 @@ def big_to_little_endian(ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
+#: (keyword in the data set, in the C-STORE command, name) of the UIDs the
+#: two must agree on.
+_COMMAND_UIDS = (("SOPInstanceUID", "AffectedSOPInstanceUID", "SOP Instance UID"),
+                 ("SOPClassUID", "AffectedSOPClassUID", "SOP Class UID"))
+
+
+def _command_mismatch(hdr: Header, req) -> tuple[str, object, object] | None:
+    """(name, value in the data set, value in the command) of the first UID
+    in which a received data set differs from its C-STORE command; None
+    when they agree."""
+    for keyword, command_keyword, name in _COMMAND_UIDS:
+        in_data_set, in_command = hdr.values.get(keyword), getattr(req, command_keyword)
+        if str(in_data_set) != str(in_command).strip():
+            return name, in_data_set, in_command
+    return None
+
+
 class Handlers:
     """The listener's event handlers, bound to one archive and one nodes table.
 
@@ -514,7 +531,11 @@ class Handlers:
     # ---------------------------------------------------------------- helpers
     @staticmethod
     def _peer(event) -> str:
-        req = event.assoc.requestor
+        return Handlers._peer_of(event.assoc)
+
+    @staticmethod
+    def _peer_of(assoc) -> str:
+        req = assoc.requestor
         return f"{req.ae_title}@{req.address}"
 
     def _count(self, event, what: str) -> None:
@@ -640,19 +661,14 @@ class Handlers:
             reason = exc.reason.removeprefix("data set: ")
             log.warning("C-STORE from %s refused: %s", peer, reason)
             return status_ds(st.CANNOT_UNDERSTAND, reason)
-        v = hdr.values
-        if str(v.get("SOPInstanceUID")) != str(req.AffectedSOPInstanceUID).strip():
+        mismatch = _command_mismatch(hdr, req)
+        if mismatch is not None:
+            name, in_data_set, in_command = mismatch
             self._count(event, "failed")
-            log.warning("C-STORE from %s refused: SOP Instance UID %s in the data set, %s in the "
-                        "command", peer, v.get("SOPInstanceUID"), req.AffectedSOPInstanceUID)
+            log.warning("C-STORE from %s refused: %s %s in the data set, %s in the command",
+                        peer, name, in_data_set, in_command)
             return status_ds(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                             "SOP Instance UID of data set differs from the command's")
-        if str(v.get("SOPClassUID")) != str(req.AffectedSOPClassUID).strip():
-            self._count(event, "failed")
-            log.warning("C-STORE from %s refused: SOP Class UID %s in the data set, %s in the "
-                        "command", peer, v.get("SOPClassUID"), req.AffectedSOPClassUID)
-            return status_ds(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                             "SOP Class UID of data set differs from the command's")
+                             f"{name} of data set differs from the command's")
         early = self._early_ack(str(event.assoc.requestor.ae_title), req)
         try:
             if early:
@@ -721,12 +737,9 @@ class Handlers:
                 hdr = read_header(data, name="data set")
             except DicomFileError:
                 return None
-            v = hdr.values
-            if str(v.get("SOPInstanceUID")) != str(req.AffectedSOPInstanceUID).strip() \
-                    or str(v.get("SOPClassUID")) != str(req.AffectedSOPClassUID).strip():
+            if _command_mismatch(hdr, req) is not None:
                 return None
-            peer = f"{assoc.requestor.ae_title}@{assoc.requestor.address}"
-            fut = self._submit_early(assoc, req, data, hdr, peer)
+            fut = self._submit_early(assoc, req, data, hdr, self._peer_of(assoc))
             if fut is None:
                 return st.SUCCESS
             try:  # (the retrieve ended meanwhile: durable first)
