@@ -56,6 +56,7 @@ pynetdicom's own code for anything it does not recognise, and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import struct
@@ -1195,18 +1196,14 @@ def send_pdata(dul, primitive) -> None:
     instance, for the store and for the pending response."""
     from pynetdicom import evt
 
-    if dul.socket is not None and not dul.assoc.get_handlers(evt.EVT_PDU_SENT):
-        lock = getattr(dul, "_osx_send_lock", None)
-        if lock is not None:
-            with lock:
-                if (not dul.to_provider_queue.queue and dul.event_queue.empty()
-                        and dul.state_machine.current_state == "Sta6"):
-                    dul.socket.send(primitive._osx_raw)
-                    return
-        elif (threading.get_ident() == dul.ident and not dul.to_provider_queue.queue
-                and dul.event_queue.empty() and dul.state_machine.current_state == "Sta6"):
-            dul.socket.send(primitive._osx_raw)
-            return
+    lock = getattr(dul, "_osx_send_lock", None)
+    if ((lock is not None or threading.get_ident() == dul.ident) and dul.socket is not None
+            and not dul.assoc.get_handlers(evt.EVT_PDU_SENT)):
+        with lock if lock is not None else contextlib.nullcontext():
+            if (not dul.to_provider_queue.queue and dul.event_queue.empty()
+                    and dul.state_machine.current_state == "Sta6"):
+                dul.socket.send(primitive._osx_raw)
+                return
     dul.send_pdu(primitive)
 
 
