@@ -31,7 +31,15 @@ import threading
 
 from pynetdicom import evt
 
-from .fastpath import TimeModule, install_fast_pdata, install_send_lock, move_queue, replace_time
+from .fastpath import (
+    TimeModule,
+    _make_waking,
+    _WakingQueue,
+    install_fast_pdata,
+    install_send_lock,
+    move_queue,
+    replace_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +182,7 @@ class _DulTime(TimeModule):
         if secs > 0:
             dul = threading.current_thread()
             q = getattr(dul, "to_provider_queue", None)
-            if type(q) is _StartQueue:
+            if type(q) is _WakingQueue:
                 # Not connected yet: wait for the first primitive (the
                 # association request) instead of sleeping through it.
                 q._osx_event.clear()
@@ -184,20 +192,6 @@ class _DulTime(TimeModule):
             import time
 
             time.sleep(secs)
-
-
-class _StartQueue(queue.Queue):
-    """A new DUL's ``to_provider_queue`` until :func:`install_dul_wakeup`
-    replaces it: each put also sets ``_osx_event``, on which the DUL's idle
-    sleep waits (see :class:`_DulTime`)."""
-
-    def __init__(self):
-        super().__init__()
-        self._osx_event = threading.Event()
-
-    def put(self, item, block=True, timeout=None):  # noqa: D401 - queue.Queue API
-        super().put(item, block, timeout)
-        self._osx_event.set()
 
 
 _start_lock = threading.Lock()
@@ -210,9 +204,10 @@ def install_dul_start_wakeup() -> None:
     association request with pynetdicom's 1 ms sleeps: measured, 1.1 ms
     between ``AE.associate`` sending the request and the DUL connecting,
     on each of our associations (a C-MOVE's sub-association to its
-    destination, every client query, retrieve and send).  Each DUL now
-    starts with a :class:`_StartQueue` and sleeps on its event; the socket
-    wake-up replaces both once connected."""
+    destination, every client query, retrieve and send).  Each DUL's queue
+    now sets an event on each put (fastpath's ``_make_waking``) and its idle
+    sleep waits on that event; the socket wake-up replaces both once
+    connected."""
     import pynetdicom.dul as dul_module
     from pynetdicom.dul import DULServiceProvider
 
@@ -223,9 +218,7 @@ def install_dul_start_wakeup() -> None:
 
         def __init__(self, *args, **kwargs) -> None:
             original(self, *args, **kwargs)
-            q = _StartQueue()
-            move_queue(self.to_provider_queue, q)
-            self.to_provider_queue = q
+            _make_waking(self.to_provider_queue, threading.Event())
 
         __init__._osx_hook = True  # type: ignore[attr-defined]
         DULServiceProvider.__init__ = __init__

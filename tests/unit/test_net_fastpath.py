@@ -1084,6 +1084,7 @@ def test_a_new_dul_wakes_for_its_first_primitive():
     primitive (the association request) is queued, not after the sleep; a
     DUL made after the hook starts with that queue, and the socket wake-up
     takes what it holds over."""
+    import queue
     import threading
 
     from pynetdicom import AE
@@ -1093,12 +1094,13 @@ def test_a_new_dul_wakes_for_its_first_primitive():
 
     tcp.install_dul_start_wakeup()
     dul = Association(AE(), "requestor").dul
-    assert type(dul.to_provider_queue) is tcp._StartQueue
+    assert type(dul.to_provider_queue) is fastpath._WakingQueue
 
     class FakeDul(threading.Thread):
         def __init__(self):
             super().__init__(daemon=True)
-            self.to_provider_queue = tcp._StartQueue()
+            self.to_provider_queue = queue.Queue()
+            fastpath._make_waking(self.to_provider_queue, threading.Event())
 
         def run(self):
             tcp._DulTime.sleep(30)  # would sleep 30 s without the wake-up
