@@ -69,6 +69,11 @@ class IndexWriter:
         #: (op, future, sync files, deadline of its window or 0) per submitted op
         self._q: queue.Queue[tuple[Op, Future, bool, float] | None] = queue.Queue()
         self._closed = False
+        #: Set when a batch waiting out its window must commit now: an op
+        #: that someone waits for (or a flush, a close) or a full batch.
+        #: Ops with a window do not wake the writer one by one (measured:
+        #: ~100 wake-ups of this thread per 100-instance retrieve).
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -90,6 +95,8 @@ class IndexWriter:
             raise WriterClosed("the archive is shutting down")
         fut: Future = Future()
         self._q.put((op, fut, sync_files, time.monotonic() + window if window > 0 else 0.0))
+        if window <= 0 or self._q.qsize() >= self.max_batch - 1:  # (+ the one it holds)
+            self._wake.set()
         return fut
 
     def submit_add(self, record: repo.InstanceRecord, *, replace: bool = False,
@@ -118,6 +125,7 @@ class IndexWriter:
             return
         self._closed = True
         self._q.put(None)
+        self._wake.set()
         self._thread.join(timeout)
 
     # ------------------------------------------------------------------
@@ -134,18 +142,20 @@ class IndexWriter:
                 return
             batch = [item]
             deadline = item[3]  # 0: someone waits for this op (see submit)
+            if deadline:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+            self._wake.clear()
             while len(batch) < self.max_batch:
                 try:
-                    left = deadline - time.monotonic() if deadline else 0.0
-                    nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
+                    nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._q.put(None)  # finish this batch, then stop
                     break
                 batch.append(nxt)
-                if not nxt[3]:
-                    deadline = 0.0  # someone is waiting: commit what is here now
             self._execute(batch)
 
     def _execute(self, batch: list[tuple[Op, Future, bool, float]]) -> None:

@@ -221,3 +221,26 @@ def test_a_window_counts_the_time_spent_queued_behind_another_commit(tmp_path):
         assert archive.count("image") == 1
     finally:
         archive.close()
+
+
+def test_a_full_batch_commits_without_waiting_out_its_window(tmp_path):
+    """Ops with a window do not wake the writer one by one, but a batch that
+    is full commits at once; the ops beyond it wait for their own window."""
+    from osirix_py.services.indexer import IndexWriter
+
+    db = open_database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    writer = IndexWriter(db, max_batch=4)
+    try:
+        t0 = time.monotonic()
+        first = [writer.submit(lambda conn: 0, window=5.0)]
+        time.sleep(0.1)  # (the writer holds the first op, waiting for more)
+        first += [writer.submit(lambda conn, i=i: i, window=5.0) for i in range(1, 4)]
+        assert [f.result(2.0) for f in first] == [0, 1, 2, 3]
+        assert time.monotonic() - t0 < 2.0
+        late = writer.submit(lambda conn: "late", window=0.3)
+        time.sleep(0.1)
+        assert not late.done()  # alone in its batch: waits out its window
+        assert late.result(2.0) == "late"
+        assert writer.commits == 2
+    finally:
+        writer.close()
