@@ -322,6 +322,18 @@ class Archive:
             return StoreOutcome(status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
                                 str(v["SOPClassUID"]), path, size, hdr.warnings)
 
+        if staged is None and window > 0 and in_place_path is None and self._write_beside:
+            # Nobody waits for this one (a retrieve's, stored on its own
+            # writing thread): written and hashed here, under a temporary
+            # name that the rename below moves in place -- a rename that
+            # refuses to replace answers "new instance?" without a stat.
+            # (Handing the hash to a helper thread, and its digest to the
+            # index writer, woke two more threads per instance on two busy
+            # cores; measured, 100 CT by C-GET from Orthanc, 20 runs each
+            # alternating in one process: ~1,400 -> ~500 context switches,
+            # CPU 147 -> 138 ms, 126 -> 121 ms.)
+            d = hdr.data
+            staged = _Received(self.store.stage(key_for_uid(sop), d), len(d), checksum(d))
         staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
         written: Future | None = None
         if not replace and (in_place_path is not None or (
@@ -376,24 +388,11 @@ class Archive:
                 else:
                     # SHA-256 and the write both release the GIL: hash on a
                     # helper thread while this one writes.
-                    hashing = (_hasher().submit(checksum, data) if size >= _PARALLEL_HASH
-                               else None)
+                    hashing = _hasher().submit(checksum, data) if size >= _PARALLEL_HASH else None
                     try:
                         self.store.put(file_path, data, durable=False)
                     finally:
-                        if hashing is None:
-                            digest = checksum(data)
-                        elif window > 0:
-                            # Nobody waits for this one (a retrieve's): its
-                            # row awaits the digest in the index writer, and
-                            # this thread goes on to the next instance
-                            # instead of waiting for the hash, which outlasts
-                            # the write (measured: the retrieve's single
-                            # writing thread fell 10-15 instances behind by
-                            # its end).
-                            digest = hashing
-                        else:
-                            digest = hashing.result()
+                        digest = checksum(data) if hashing is None else hashing.result()
         rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
                                   checksum=digest, origin=origin, character_set=hdr.character_set)
 

@@ -137,14 +137,14 @@ def test_retrieve_reports_instances_that_could_not_be_stored_here(client_peers, 
         node, "image", {"StudyInstanceUID": uid, "SeriesInstanceUID": sid}, calling_ae=AET))
     full = {key_for_uid(u) for u in (sops[2], sops[6])}
     store = rt.archive.store
-    original_put = store.put
+    original_stage = store.stage
 
-    def put(key, data, **kw):
+    def stage(key, data=None, **kw):  # (a retrieve's file is staged, then renamed in place)
         if key in full:
             raise StorageFullError(28, "No space left on device")
-        return original_put(key, data, **kw)
+        return original_stage(key, data, **kw)
 
-    monkeypatch.setattr(store, "put", put)
+    monkeypatch.setattr(store, "stage", stage)
     prog = client.retrieve(node, rt.archive, study_uid=uid, series_uid=sid, method=method,
                            calling_ae=AET)
     assert (prog.completed, prog.failed) == (8, 2)
