@@ -62,6 +62,7 @@ from .fastpath import (
     StoredInstance,
     install_dimse_hook,
     install_encode_hook,
+    lazy_pending_responses,
     pause_reactor,
     received_part10,
     serve_stores_inline,
@@ -349,6 +350,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     assoc, ae = open_association(target, calling_ae, contexts, timeout=timeout,
                                  what=f"C-{method.upper()}", ext_neg=ext_neg, handlers=handlers,
                                  dimse_timeout=dimse_timeout)
+    lazy_pending_responses(assoc)
     if method == "get":
         serve_stores_inline(assoc)
     what = f"C-{method.upper()}"

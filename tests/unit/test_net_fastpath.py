@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 
 import pydicom
 import pytest
@@ -1161,3 +1163,52 @@ def test_associations_with_the_hooks_negotiate_and_close_as_pynetdicoms(tmp_path
         assert [a.requestor.ae_title for a in seen] == ["OSIRIXPY", "OSIRIXPY"]
     finally:
         server.shutdown()
+
+
+def test_pending_responses_wait_for_their_reader_and_final_ones_wake_it(monkeypatch):
+    """A retrieve's pending responses (progress only) do not wake the thread
+    that reads them; it still gets them, in order, at its next look (every
+    PENDING_POLL), and a final response (or a blocked get's timeout) is not
+    delayed."""
+    import queue as _queue
+    import types
+
+    monkeypatch.setattr(fastpath, "PENDING_POLL", 0.5)
+
+    def rsp(status):
+        return (1, types.SimpleNamespace(MessageIDBeingRespondedTo=1, Status=status))
+
+    q = _queue.Queue()
+    assoc = types.SimpleNamespace(dimse=types.SimpleNamespace(msg_queue=q))
+    assert fastpath.lazy_pending_responses(assoc) and type(q) is not _queue.Queue
+    assert not fastpath.lazy_pending_responses(assoc)  # (once)
+
+    got, woke = [], []
+
+    def reader(n):
+        for _ in range(n):
+            got.append(q.get(True, 5.0)[1].Status)
+            woke.append(time.monotonic())
+
+    t = threading.Thread(target=reader, args=(3,))
+    start = time.monotonic()
+    t.start()
+    time.sleep(0.05)
+    q.put(rsp(0xFF00))
+    q.put(rsp(0xFF00))
+    time.sleep(0.2)
+    assert got == []  # not woken by the pending ones...
+    deadline = time.monotonic() + 2.0
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == [0xFF00, 0xFF00]  # ...but they reach it at its next look
+    assert woke[0] - start >= 0.45
+    sent = time.monotonic()
+    q.put(rsp(0x0000))  # the final response wakes it at once
+    t.join(2.0)
+    assert got[-1] == 0x0000 and not t.is_alive()
+    assert woke[-1] - sent < 0.25
+    t0 = time.monotonic()
+    with pytest.raises(_queue.Empty):
+        q.get(True, 0.05)
+    assert 0.04 < time.monotonic() - t0 < 0.4
