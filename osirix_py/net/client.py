@@ -64,6 +64,8 @@ from .fastpath import (
     install_encode_hook,
     lazy_pending_responses,
     pause_reactor,
+    part10_of,
+    received_later,
     received_part10,
     serve_stores_inline,
 )
@@ -334,13 +336,38 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             # Parsing and writing happen on a worker thread so that the next
             # sub-operation can arrive meanwhile; a failure there is reported
             # per instance at the end (FailedSOPInstanceUIDList-like).
-            sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
-            fut = writer.submit(archive.submit_bytes, data, origin=f"dicom:{node.ae_title}",
-                                name=f"C-GET from {node.ae_title}", window=RETRIEVE_GROUP_WINDOW)
+            return submit(event.request, data)
+
+        def store(data, ts=None):
+            if ts is not None:  # (a request whose bytes are joined here)
+                data = part10_of(data, ts)
+            with lock:
+                prog.bytes += len(data)
+            return archive.submit_bytes(data, origin=f"dicom:{node.ae_title}",
+                                        name=f"C-GET from {node.ae_title}",
+                                        window=RETRIEVE_GROUP_WINDOW)
+
+        def submit(req, *what) -> int:
+            sop = str(getattr(req, "AffectedSOPInstanceUID", "") or "?")
+            fut = writer.submit(store, *what)
             with lock:
                 pending.append((sop, fut))
-                prog.bytes += len(data)
             return st.SUCCESS
+
+        def quick_store(req):
+            # A request on its own context, for which we are the SCP, whose
+            # bytes the fast path kept as received: acknowledged here, its
+            # Part 10 bytes joined on the writing thread, not this one (the
+            # DUL's, which the next sub-operation waits for).  Anything else
+            # goes through pynetdicom's C-STORE SCP code and on_store.
+            cx = assoc._accepted_cx.get(req._context_id)
+            if (cx is None or not cx.as_scp or not cx.transfer_syntax
+                    or cx.abstract_syntax != req.AffectedSOPClassUID):
+                return None
+            ts = str(cx.transfer_syntax[0])
+            if not received_later(req, ts):
+                return None
+            return submit(req, req, ts)
 
         handlers.append((evt.EVT_C_STORE, on_store))
     else:
@@ -352,7 +379,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                                  dimse_timeout=dimse_timeout)
     lazy_pending_responses(assoc)
     if method == "get":
-        serve_stores_inline(assoc)
+        serve_stores_inline(assoc, quick_store)
     what = f"C-{method.upper()}"
     cancel_sent = [0.0]
 

@@ -1316,6 +1316,15 @@ def received_part10(event) -> bytes:
     return whole if whole is not None else event.encoded_dataset()
 
 
+def received_later(req, transfer_syntax: str) -> bool:
+    """Whether :func:`part10_of` (*req*, *transfer_syntax*) will give the
+    bytes as received, without decoding anything and so without an error:
+    the receiving thread can leave joining them to another."""
+    stream = req.DataSet
+    return (type(stream) is ReceivedDataSet and stream._lazy  # noqa: SLF001
+            and stream._ts == transfer_syntax)
+
+
 def part10_of(req, transfer_syntax: str) -> bytes | None:
     """The Part 10 bytes of C-STORE request *req*'s data set received in
     *transfer_syntax* (see :func:`received_part10`); None where only
@@ -1332,34 +1341,49 @@ def part10_of(req, transfer_syntax: str) -> bytes | None:
 
 
 class ReceivedDataSet(io.BytesIO):
-    """The data set of a C-STORE request received on the fast path, kept
-    inside the bytes of its Part 10 file (preamble, file meta, data set):
-    one copy of each received fragment, where a stream and then the file's
-    bytes made two (~10 ms of a 100-instance retrieve, on its receiving
-    thread).  :func:`received_part10` takes those bytes as they are; any
-    other use of the stream first fills it with the data set (a copy), so
-    that it behaves as the ``io.BytesIO`` pynetdicom gives."""
+    """The data set of a C-STORE request received on the fast path, kept as
+    the pieces of its Part 10 file (the head: preamble and file meta, then
+    the data set's fragments as received), joined into that file's bytes
+    once, on first use, by whichever thread needs them (a retrieve's writing
+    thread, not the receiving one: see :func:`received_later`).  One copy of
+    each received fragment, where a stream and then the file's bytes made
+    two (~10 ms of a 100-instance retrieve).  :func:`received_part10` takes
+    those bytes as they are; any other use of the stream first fills it with
+    the data set (a copy), so that it behaves as the ``io.BytesIO``
+    pynetdicom gives."""
 
-    def __init__(self, part10: bytes, offset: int, transfer_syntax: str):
+    def __init__(self, pieces: tuple, offset: int, transfer_syntax: str):
         super().__init__()
-        self._part10 = part10
+        self._pieces = pieces
+        self._part10: bytes | None = None
+        self._join_lock = threading.Lock()
         self._offset = offset
         self._ts = transfer_syntax
         self._lazy = True
 
+    def _whole(self) -> bytes:
+        whole = self._part10
+        if whole is None:
+            with self._join_lock:
+                whole = self._part10
+                if whole is None:
+                    whole = self._part10 = b"".join(self._pieces)
+                    self._pieces = ()
+        return whole
+
     def part10_for(self, transfer_syntax: str) -> bytes | None:
         """The Part 10 bytes, if the stream was never touched and they were
         made for *transfer_syntax*."""
-        return self._part10 if self._lazy and transfer_syntax == self._ts else None
+        return self._whole() if self._lazy and transfer_syntax == self._ts else None
 
     def _fill(self) -> None:
         if self._lazy:
             self._lazy = False
-            io.BytesIO.__init__(self, self._part10[self._offset:])
+            io.BytesIO.__init__(self, self._whole()[self._offset:])
 
     def getvalue(self) -> bytes:
         if self._lazy:
-            return self._part10[self._offset:]
+            return self._whole()[self._offset:]
         return super().getvalue()
 
 
@@ -1741,7 +1765,7 @@ def _stream(assoc, msg: _Incoming) -> io.BytesIO:
         ts = str(cx.transfer_syntax[0]) if cx is not None and cx.transfer_syntax else None
         head = part10_head(prim, ts) if ts else None
         if head is not None:
-            return ReceivedDataSet(b"".join((head, *frags)), len(head), ts)
+            return ReceivedDataSet((head, *frags), len(head), ts)
     # (BytesIO shares the bytes it starts with: no second copy.)
     return io.BytesIO(b"".join(frags))
 
@@ -1762,7 +1786,7 @@ def _no_request_waiting(q: queue.Queue) -> bool:
                    for item in q.queue)
 
 
-def serve_stores_inline(assoc) -> None:
+def serve_stores_inline(assoc, quick_store=None) -> None:
     """Answer the C-STORE requests that arrive on *assoc* (our C-GET's
     sub-operations) on its DUL thread, as each is received.
 
@@ -1774,8 +1798,36 @@ def serve_stores_inline(assoc) -> None:
     and writes its response at once (:func:`send_pdata`).  Only while no
     other message waits in the DIMSE queue (so the order of messages is the
     peer's); the handler must be quick (hand the data to a worker).
+
+    *quick_store(request)*: a status for a request it serves itself, answered
+    with :func:`send_store_status`; None for one it leaves to that usual
+    path (which refuses, for one, a request on a context where we are not
+    the SCP).
     """
     assoc._osx_inline_store = assoc._c_store_scp
+    if quick_store is not None:
+        def serve(prim) -> None:
+            status = quick_store(prim)
+            if status is None:
+                assoc._c_store_scp(prim)
+            else:
+                send_store_status(assoc, prim, status)
+
+        assoc._osx_inline_store = serve
+
+
+def send_store_status(assoc, req, status: int) -> None:
+    """Answer C-STORE request *req* on *assoc* with *status* alone: the
+    response pynetdicom's C-STORE SCP code builds for a status, without that
+    code and the event around its handler."""
+    from pynetdicom.dimse_primitives import C_STORE
+
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rsp.Status = status
+    assoc.dimse.send_msg(rsp, req._context_id)
 
 
 def _discard_received(msg) -> None:
@@ -1863,12 +1915,7 @@ def serve_requests_inline(assoc, quick_store=None) -> None:
             if status is None:
                 serve_request(assoc, prim, prim._context_id)
             else:
-                rsp = C_STORE()
-                rsp.MessageID = rsp.MessageIDBeingRespondedTo = prim.MessageID
-                rsp.AffectedSOPInstanceUID = prim.AffectedSOPInstanceUID
-                rsp.AffectedSOPClassUID = prim.AffectedSOPClassUID
-                rsp.Status = status
-                assoc.dimse.send_msg(rsp, prim._context_id)
+                send_store_status(assoc, prim, status)
         finally:
             lock.release()
             _discard_received(prim)

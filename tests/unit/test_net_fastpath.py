@@ -653,6 +653,63 @@ def test_inline_stores_are_served_on_arrival_unless_a_request_waits():
     assert fastpath.received_part10(event) == fastpath.part10_head(req, "1.2.840.10008.1.2.1") + data + b"xx"
 
 
+def test_quick_store_answers_at_once_and_leaves_the_join_to_another_thread():
+    """serve_stores_inline(quick_store=...): a status from quick_store is
+    the response, with no call into pynetdicom's C-STORE SCP code; None
+    leaves the request to that code.  The received fragments are joined
+    into the Part 10 bytes only when someone asks for them, once, whichever
+    thread that is (received_later says it can be another)."""
+    import queue
+    from types import SimpleNamespace
+
+    ts = "1.2.840.10008.1.2.1"
+    sent, served, quick_seen = [], [], []
+
+    class _Assoc:
+        def get_handlers(self, event):
+            return []
+
+    class _Dimse:
+        def __init__(self, assoc):
+            self.assoc = assoc
+            self.message = None
+            self.msg_queue = queue.Queue()
+
+        def send_msg(self, rsp, cx):
+            sent.append((rsp, cx))
+
+    def quick(req):
+        quick_seen.append(req)
+        return None if req.AffectedSOPInstanceUID == "1.2.3.9" else 0x0000
+
+    assoc = _Assoc()
+    assoc.dimse = _Dimse(assoc)
+    assoc._c_store_scp = served.append
+    assoc._accepted_cx = {3: SimpleNamespace(transfer_syntax=[ts])}
+    fastpath.serve_stores_inline(assoc, quick)
+    data = bytes(range(40))
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.4", data))
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.9", data))
+    assert [r.AffectedSOPInstanceUID for r in quick_seen] == ["1.2.3.4", "1.2.3.9"]
+    assert [r.AffectedSOPInstanceUID for r in served] == ["1.2.3.9"]  # (left to pynetdicom)
+    (rsp, cx), = sent
+    assert (cx, rsp.Status, rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPInstanceUID) \
+        == (3, 0x0000, 7, "1.2.3.4")
+    req = quick_seen[0]
+    stream = req.DataSet
+    assert fastpath.received_later(req, ts) and not fastpath.received_later(req, "1.2.840.10008.1.2")
+    assert stream._part10 is None  # not joined on the receiving thread
+    got = []
+    t = threading.Thread(target=lambda: got.append(fastpath.part10_of(req, ts)))
+    t.start()
+    t.join(5)
+    assert got == [fastpath.part10_head(req, ts) + data]
+    assert fastpath.part10_of(req, ts) is got[0]  # joined once
+    assert stream.getvalue() == data
+    assert stream.read(3) == data[:3]  # touched as a stream: no longer "as received"
+    assert not fastpath.received_later(req, ts)
+
+
 def test_uid_cache_gives_what_set_uid_gives_and_still_refuses_bad_uids():
     import pynetdicom.pdu_items
     import pynetdicom.utils
