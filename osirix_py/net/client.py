@@ -63,6 +63,7 @@ from .fastpath import (
     install_dimse_hook,
     install_encode_hook,
     lazy_pending_responses,
+    lean_retrieve_responses,
     pause_reactor,
     part10_of,
     received_later,
@@ -378,6 +379,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                                  what=f"C-{method.upper()}", ext_neg=ext_neg, handlers=handlers,
                                  dimse_timeout=dimse_timeout)
     lazy_pending_responses(assoc)
+    lean_retrieve_responses(assoc)
     if method == "get":
         serve_stores_inline(assoc, quick_store)
     what = f"C-{method.upper()}"

@@ -2191,6 +2191,88 @@ class _WakingQueue(queue.Queue):
         self._osx_event.set()
 
 
+class ResponseStatus:
+    """The status elements of a C-GET / C-MOVE response, read from its
+    primitive: what pynetdicom's response generator copies into a new
+    ``Dataset`` for each response (``"Status" in s``, ``s.Status``,
+    ``s.get(keyword, default)``).  Empty (no Status) when no response came."""
+
+    __slots__ = ("_rsp",)
+
+    def __init__(self, rsp=None):
+        self._rsp = rsp
+
+    def get(self, keyword: str, default=None):
+        value = getattr(self._rsp, keyword, None) if self._rsp is not None else None
+        return default if value is None else value
+
+    def __contains__(self, keyword: str) -> bool:
+        return self.get(keyword) is not None
+
+    @property
+    def Status(self) -> int:  # noqa: N802 - the DICOM keyword, as on a Dataset
+        return self._rsp.Status
+
+
+def _lean_get_move_responses(assoc, transfer_syntax):
+    """``Association._wrap_get_move_responses`` (see
+    :func:`lean_retrieve_responses`) minus a pydicom ``Dataset`` built and two
+    log lines formatted per response."""
+    import logging
+
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+    from pynetdicom.dsutils import decode
+    from pynetdicom.status import (STATUS_CANCEL, STATUS_FAILURE, STATUS_WARNING,
+                                   code_to_category)
+
+    log = logging.getLogger("pynetdicom.assoc")
+    try:
+        while True:
+            _, rsp = assoc.dimse.get_msg(block=True)
+            if rsp is None:  # the DIMSE timeout expired
+                assoc._handle_no_response()
+                yield ResponseStatus(), None
+                return
+            if type(rsp) is C_STORE:  # a sub-operation not served on arrival
+                assoc._c_store_scp(rsp)
+                continue
+            if type(rsp) not in (C_GET, C_MOVE) or not rsp.is_valid_response:
+                log.error("Received an unexpected or invalid %s message from the peer",
+                          type(rsp).__name__.replace("_", "-"))
+                assoc.abort()
+                yield ResponseStatus(), None
+                return
+            code = rsp.Status
+            if code in (0xFF00, 0xFF01):
+                yield ResponseStatus(rsp), None
+                continue
+            identifier = None
+            # Cancel, warning and failure may carry the Failed SOP Instance
+            # UID List (PS3.4 C.4.3).
+            if rsp.Identifier and code_to_category(code) in (
+                    STATUS_CANCEL, STATUS_WARNING, STATUS_FAILURE):
+                try:
+                    identifier = decode(rsp.Identifier, transfer_syntax.is_implicit_VR,
+                                        transfer_syntax.is_little_endian,
+                                        transfer_syntax.is_deflated)
+                except Exception as exc:  # noqa: BLE001 - as pynetdicom: logged, then None
+                    log.error("Failed to decode the received Identifier dataset (%s)", exc)
+            yield ResponseStatus(rsp), identifier
+            return
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def lean_retrieve_responses(assoc) -> None:
+    """Let *assoc*'s ``send_c_get`` / ``send_c_move`` yield their responses
+    through :func:`_lean_get_move_responses`: the status as a
+    :class:`ResponseStatus` view of each response primitive instead of a
+    ``Dataset`` built from it (measured, 100 CT by C-GET: ~50 us of the
+    waiting thread's time per pending response, GIL held, beside the
+    threads receiving and storing the instances)."""
+    assoc._wrap_get_move_responses = lambda ts: _lean_get_move_responses(assoc, ts)
+
+
 #: How often the thread that waits for a retrieve's responses looks at its
 #: queue when only pending responses arrive (see :func:`lazy_pending_responses`).
 PENDING_POLL = 0.02

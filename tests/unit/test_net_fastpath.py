@@ -1269,3 +1269,73 @@ def test_pending_responses_wait_for_their_reader_and_final_ones_wake_it(monkeypa
     with pytest.raises(_queue.Empty):
         q.get(True, 0.05)
     assert 0.04 < time.monotonic() - t0 < 0.4
+
+
+def test_lean_retrieve_responses_yield_what_pynetdicom_yields():
+    """For the same C-GET responses (pending ones, a C-STORE request that
+    was not served on arrival, a final failure with its Failed SOP Instance
+    UID List), the lean generator yields the same status values and
+    identifier as pynetdicom's own, serves the request, and resumes the
+    reactor; a response that never comes yields an empty status."""
+    import threading as _threading
+    from types import SimpleNamespace
+
+    from pydicom.uid import UID, ImplicitVRLittleEndian
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_GET
+
+    keywords = ("Status", "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+                "NumberOfFailedSuboperations", "NumberOfWarningSuboperations", "ErrorComment")
+
+    def responses():
+        out = []
+        for done in range(3):
+            rsp = C_GET()
+            rsp.MessageIDBeingRespondedTo = 1
+            rsp.Status = 0xFF00
+            rsp.NumberOfRemainingSuboperations = 3 - done
+            rsp.NumberOfCompletedSuboperations = done
+            rsp.NumberOfFailedSuboperations = 0
+            rsp.NumberOfWarningSuboperations = 0
+            out.append((1, rsp))
+        store = C_STORE()
+        store.MessageID = 9
+        store.AffectedSOPClassUID = CT
+        store.AffectedSOPInstanceUID = "1.2.3.4"
+        out.append((3, store))
+        final = C_GET()
+        final.MessageIDBeingRespondedTo = 1
+        final.Status = 0xA702
+        final.NumberOfCompletedSuboperations = 2
+        final.NumberOfFailedSuboperations = 1
+        final.NumberOfWarningSuboperations = 0
+        final.ErrorComment = "out of resources"
+        ident = Dataset()
+        ident.FailedSOPInstanceUIDList = ["1.2.3.5", "1.2.3.6"]
+        final.Identifier = io.BytesIO(encode(ident, True, True))
+        out.append((1, final))
+        return out
+
+    def run(generator_of):
+        served, queue_ = [], list(responses())
+        assoc = SimpleNamespace(_reactor_checkpoint=_threading.Event(), lock=_threading.Lock(),
+                                _c_store_scp=served.append, abort=lambda: None,
+                                _handle_no_response=lambda: served.append("timeout"))
+        assoc.dimse = SimpleNamespace(get_msg=lambda block: queue_.pop(0) if queue_ else (None, None))
+        got = [({k: s.get(k) for k in keywords}, i and list(i.FailedSOPInstanceUIDList))
+               for s, i in generator_of(assoc)]
+        return got, [getattr(x, "AffectedSOPInstanceUID", x) for x in served], \
+            assoc._reactor_checkpoint.is_set()
+
+    ts = UID(ImplicitVRLittleEndian)
+    ours = run(lambda a: fastpath._lean_get_move_responses(a, ts))
+    theirs = run(lambda a: Association._wrap_get_move_responses(a, ts))
+    assert ours == theirs
+    statuses, served, resumed = ours
+    assert [s["Status"] for s, _ in statuses] == [0xFF00] * 3 + [0xA702]
+    assert statuses[-1][1] == ["1.2.3.5", "1.2.3.6"] and served == ["1.2.3.4"] and resumed
+    # No response at all (DIMSE timeout): an empty status, nothing left paused.
+    assoc = SimpleNamespace(_reactor_checkpoint=_threading.Event(), _handle_no_response=list,
+                            dimse=SimpleNamespace(get_msg=lambda block: (None, None)))
+    (status, ident), = list(fastpath._lean_get_move_responses(assoc, ts))
+    assert "Status" not in status and ident is None and assoc._reactor_checkpoint.is_set()
