@@ -70,7 +70,7 @@ from .fastpath import (
     received_part10,
     serve_stores_inline,
 )
-from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS
 from .scu import ScuError, Target, open_association
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     handlers = []
     ext_neg = None
     pending: list = []
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cget-store")
+    writer = ThreadPoolExecutor(max_workers=RETRIEVE_WRITERS, thread_name_prefix="cget-store")
     if method == "get":
         install_dimse_hook()  # C-STORE responses encoded directly
         model = StudyRootQueryRetrieveInformationModelGet

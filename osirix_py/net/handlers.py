@@ -90,7 +90,7 @@ from .fastpath import (
     split_part10,
     write_stores_as_received,
 )
-from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS
 from .tcp import NODELAY_HANDLER, install_dul_start_wakeup
 
 log = logging.getLogger(__name__)
@@ -709,7 +709,7 @@ class Handlers:
         counts it if it fails.  None once attached to its retrieve; the
         store's future when that retrieve has ended meanwhile (the caller
         must then wait for it before answering)."""
-        fut = helper_pool("cmove-store", 1).submit(
+        fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(
             self.archive.submit_bytes, data, origin=f"dicom:{peer}",
             name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
         if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
