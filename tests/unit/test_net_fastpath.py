@@ -589,13 +589,12 @@ def _store_rq_pdvs(cx: int, sop_instance: str, data: bytes) -> list:
     return [(cx, b"\x03" + cmd), (cx, b"\x00" + data[:10]), (cx, b"\x02" + data[10:])]
 
 
-def test_inline_stores_are_served_on_arrival_unless_a_request_waits():
+def _receiving_assoc(served: list, sent: list | None = None):
+    """A stand-in for an association that receives C-STORE requests on the
+    fast path (context 3: explicit VR little endian): pynetdicom's C-STORE
+    SCP code appends each request to *served*, responses go to *sent*."""
     import queue
     from types import SimpleNamespace
-
-    from pynetdicom.dimse_primitives import C_GET
-
-    served: list = []
 
     class _Assoc:
         def get_handlers(self, event):
@@ -607,10 +606,24 @@ def test_inline_stores_are_served_on_arrival_unless_a_request_waits():
             self.message = None
             self.msg_queue = queue.Queue()
 
+        def send_msg(self, rsp, cx):
+            (sent if sent is not None else []).append((rsp, cx))
+
     assoc = _Assoc()
     assoc.dimse = _Dimse(assoc)
     assoc._c_store_scp = served.append
     assoc._accepted_cx = {3: SimpleNamespace(transfer_syntax=["1.2.840.10008.1.2.1"])}
+    return assoc
+
+
+def test_inline_stores_are_served_on_arrival_unless_a_request_waits():
+    import queue
+    from types import SimpleNamespace
+
+    from pynetdicom.dimse_primitives import C_GET
+
+    served: list = []
+    assoc = _receiving_assoc(served)
     data = bytes(range(40))
     # Without serve_stores_inline the request is queued for the waiting thread.
     fastpath.receive_pdvs(assoc, _store_rq_pdvs(1, "1.2.3.1", data))
@@ -659,33 +672,14 @@ def test_quick_store_answers_at_once_and_leaves_the_join_to_another_thread():
     leaves the request to that code.  The received fragments are joined
     into the Part 10 bytes only when someone asks for them, once, whichever
     thread that is (received_later says it can be another)."""
-    import queue
-    from types import SimpleNamespace
-
     ts = "1.2.840.10008.1.2.1"
     sent, served, quick_seen = [], [], []
-
-    class _Assoc:
-        def get_handlers(self, event):
-            return []
-
-    class _Dimse:
-        def __init__(self, assoc):
-            self.assoc = assoc
-            self.message = None
-            self.msg_queue = queue.Queue()
-
-        def send_msg(self, rsp, cx):
-            sent.append((rsp, cx))
 
     def quick(req):
         quick_seen.append(req)
         return None if req.AffectedSOPInstanceUID == "1.2.3.9" else 0x0000
 
-    assoc = _Assoc()
-    assoc.dimse = _Dimse(assoc)
-    assoc._c_store_scp = served.append
-    assoc._accepted_cx = {3: SimpleNamespace(transfer_syntax=[ts])}
+    assoc = _receiving_assoc(served, sent)
     fastpath.serve_stores_inline(assoc, quick)
     data = bytes(range(40))
     fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.4", data))
