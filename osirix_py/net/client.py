@@ -187,12 +187,18 @@ def query(node, level: Level | str, filters: Mapping[str, object] | None = None,
 # --------------------------------------------------------------------------- helpers
 def _lost(assoc, target: Target, what: str, timeout: float, calling_ae: str,
           since: float | None = None) -> ScuError:
-    """Why a response did not come: the association was aborted, or a time-out."""
+    """Why a response did not come: the association was aborted, or a time-out.
+
+    *since*: when the last response came.  Once the whole DIMSE time-out has
+    passed since then it is a time-out, although the association is aborted
+    by then (pynetdicom aborts it when it gives up waiting)."""
     deadline = time.monotonic() + 0.5
     while assoc.is_established and not assoc.is_aborted and time.monotonic() < deadline:
         time.sleep(0.01)  # the reactor may not have recorded the A-ABORT yet
-    early = since is not None and time.monotonic() - since < timeout * 0.9
-    if assoc.is_aborted or not assoc.is_established or early:
+    waited = None if since is None else time.monotonic() - since
+    if waited is not None and waited >= timeout * 0.9:
+        return ScuError(f"{target}: no {what} response within {timeout:.1f} s", kind="timeout")
+    if assoc.is_aborted or not assoc.is_established or waited is not None:
         return ScuError(f"{target}: the association was aborted during the {what} "
                         f"(the peer may refuse {what} from {calling_ae!r})", kind="aborted")
     return ScuError(f"{target}: no {what} response within {timeout:.1f} s", kind="timeout")
@@ -417,11 +423,12 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
         last = time.monotonic()
         for status, identifier in responses:
             if status is None or "Status" not in status:
-                prog.error = str(_lost(assoc, target, what, dimse_timeout, calling_ae, last))
+                lost = _lost(assoc, target, what, dimse_timeout, calling_ae, last)
+                prog.error = str(lost)
                 if cancel.is_set():
                     prog.cancelled = True
                     return prog
-                raise ScuError(prog.error, kind="aborted")
+                raise ScuError(prog.error, kind=lost.kind)
             last = time.monotonic()
             code = status.Status
             remaining = status.get("NumberOfRemainingSuboperations")

@@ -284,3 +284,52 @@ def test_abort_mid_retrieve_keeps_what_arrived(rt, aborting_get_scp):
     job = rt.jobs.wait(job.id, 30)
     assert job.state == "failed" and "aborted" in job.error and "ABORTER@127.0.0.1" in job.error
     assert rt.archive.count("image", {"StudyInstanceUID": study}) == 3
+
+
+@pytest.fixture
+def silent_get_scp(client_peers):
+    """A pynetdicom C-GET SCP that sends 2 instances of a 10-instance series
+    (a pending response after each), then says nothing more for 20 s."""
+    files = sorted(client_peers.data.rglob("*.dcm"))[:10]
+    ae = AE(ae_title="SILENT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True,
+                                 scu_role=False)
+    release = threading.Event()
+
+    def on_get(event):
+        yield len(files)
+        for i, f in enumerate(files):
+            if i == 2:
+                release.wait(20)
+                return
+            yield 0xFF00, dcmread(f)
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
+    try:
+        yield Node("silent", "SILENT", "127.0.0.1", port), files
+    finally:
+        release.set()
+        server.shutdown()
+
+
+def test_a_pacs_that_goes_silent_times_out_and_keeps_what_arrived(rt, silent_get_scp):
+    """No response within the DIMSE timeout: the retrieve fails with a time-out
+    that names the PACS, within a bound, and the instances that arrived
+    (their pending responses read on the way) are stored."""
+    node, files = silent_get_scp
+    study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    _forget(rt, study)
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(client.ScuError) as err:
+        client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET,
+                        dimse_timeout=1.5, progress=lambda p: seen.append(p.completed))
+    elapsed = time.monotonic() - t0
+    assert err.value.kind == "timeout" and "SILENT@127.0.0.1" in str(err.value)
+    assert "no C-GET response within 1.5 s" in str(err.value)
+    assert 1.4 < elapsed < 8.0
+    assert seen and max(seen) >= 1  # (pynetdicom reports a store when it starts the next)
+    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 2
