@@ -60,6 +60,7 @@ from ..dicom.tags import Level, attributes_up_to, find_attribute
 from .fastpath import (
     PausedSender,
     StoredInstance,
+    gather_pending_responses,
     install_dimse_hook,
     install_encode_hook,
     lazy_pending_responses,
@@ -69,6 +70,7 @@ from .fastpath import (
     received_later,
     received_part10,
     serve_stores_inline,
+    stop_gathering,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS
 from .scu import ScuError, Target, open_association
@@ -386,6 +388,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                                  dimse_timeout=dimse_timeout)
     lazy_pending_responses(assoc)
     lean_retrieve_responses(assoc)
+    gathering = method == "move" and gather_pending_responses(assoc)
     if method == "get":
         serve_stores_inline(assoc, quick_store)
     what = f"C-{method.upper()}"
@@ -416,6 +419,8 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     expectation = moves.__enter__()
     if expectation is not None:
         pending = expectation.pending
+        if gathering:
+            expectation.on_source_closed = functools.partial(stop_gathering, assoc)
     try:
         responses = (assoc.send_c_get(ident, model, msg_id=msg_id) if method == "get"
                      else assoc.send_c_move(ident, dest, model, msg_id=msg_id))

@@ -2288,11 +2288,15 @@ class _LazyPendingQueue(queue.Queue):
     everything else does, and a blocked reader looks every PENDING_POLL."""
 
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        pending = _is_pending_response(item[1])
         with self.mutex:
             self._put(item)
             self.unfinished_tasks += 1
-            if not _is_pending_response(item[1]):
+            if not pending:
                 self.not_empty.notify()
+        sock = getattr(self, "_osx_gather", None)
+        if sock is not None:  # (put by the DUL thread: see gather_pending_responses)
+            sock._osx_gather_until = time.monotonic() + GATHER_PENDING if pending else 0.0
 
     def get(self, block: bool = True, timeout: float | None = None):
         if not block:
@@ -2323,6 +2327,46 @@ def lazy_pending_responses(assoc) -> bool:
         return False
     q.__class__ = _LazyPendingQueue
     return True
+
+
+#: How long the DUL thread of our C-MOVE lets the PACS's next responses
+#: gather in its socket after a pending one (see gather_pending_responses).
+GATHER_PENDING = 0.02
+
+
+def gather_pending_responses(assoc) -> bool:
+    """For our C-MOVE on *assoc* (its pending responses made lazy by
+    :func:`lazy_pending_responses`): after each pending response its DUL
+    thread reads nothing for up to GATHER_PENDING, then everything that
+    gathered at once -- one wake-up for many responses instead of one per
+    instance, while the PACS's stores arrive on another association
+    (measured, 100 CT from Orthanc, alternating runs: 124 -> 117 ms and
+    128 -> 120 ms, CPU -10 ms).  Anything we send (a C-CANCEL, an abort)
+    still wakes it, and :func:`stop_gathering` ends the wait: it is called
+    when the PACS closes the association its stores came on, before its
+    final response (as Orthanc does).  A final response that comes without
+    that is read at most GATHER_PENDING late.  False (nothing changed)
+    where the DUL cannot wait that way."""
+    sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    q = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if (type(q) is not _LazyPendingQueue or sock is None
+            or getattr(sock, "_osx_wake_w", None) is None):
+        return False
+    q._osx_gather = sock
+    return True
+
+
+def stop_gathering(assoc) -> None:
+    """End :func:`gather_pending_responses`' wait now (from any thread)."""
+    sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    wake = getattr(sock, "_osx_wake_w", None)
+    if sock is None or wake is None:
+        return
+    sock._osx_gather_until = 0.0
+    try:
+        wake.send(b"\0")
+    except OSError:  # full (a wake-up is pending anyway) or closed
+        pass
 
 
 def _make_waking(q: queue.Queue, ev: threading.Event) -> None:

@@ -591,6 +591,7 @@ class Handlers:
         remove_reactor_wakeup(event.assoc)
         discard_unreceived(event.assoc)
         key = id(event.assoc)
+        ACTIVE_MOVES.source_closed(key)
         with self._lock:
             stats = self._stats.pop(key, None)
             for k in [k for k in self._overrides if k[0] == key]:
@@ -714,7 +715,8 @@ class Handlers:
             name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
         if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
                                   req.MoveOriginatorApplicationEntityTitle,
-                                  hdr.sop_instance_uid, fut, req.MoveOriginatorMessageID):
+                                  hdr.sop_instance_uid, fut, req.MoveOriginatorMessageID,
+                                  source=id(assoc)):
             return fut
         self._count_for(assoc, "stored")
         return None

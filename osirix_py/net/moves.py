@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: How long the index commit of a retrieved instance may wait to take more
 #: instances with it (one commit and one file-system sync per group instead of
@@ -54,6 +54,11 @@ class Expectation:
     message_id: int | None = None
     #: (SOP Instance UID, future of the index commit) of each instance acknowledged early.
     pending: list[tuple[str, Future]] = field(default_factory=list)
+    #: Called when an association that brought stores for this retrieve
+    #: closes (the PACS's final response follows): see :meth:`ActiveMoves.source_closed`.
+    on_source_closed: Callable[[], None] | None = None
+    #: The listener associations (``id``) that brought stores for it.
+    sources: set = field(default_factory=set)
 
 
 class ActiveMoves:
@@ -102,15 +107,27 @@ class ActiveMoves:
             return self._find(calling_ae, originator_ae, message_id) is not None
 
     def track(self, calling_ae: str, originator_ae: str, sop_uid: str, fut: Future,
-              message_id: int | None = None) -> bool:
-        """Attach an early-acknowledged store to its retrieve; False when that
-        retrieve has ended meanwhile (the caller must then wait for *fut*)."""
+              message_id: int | None = None, source: int | None = None) -> bool:
+        """Attach an early-acknowledged store, received on the association
+        *source* (its ``id``), to its retrieve; False when that retrieve has
+        ended meanwhile (the caller must then wait for *fut*)."""
         with self._lock:
             exp = self._find(calling_ae, originator_ae, message_id)
             if exp is None:
                 return False
             exp.pending.append((sop_uid, fut))
+            if source is not None:
+                exp.sources.add(source)
             return True
+
+    def source_closed(self, source: int) -> None:
+        """The association *source* (``id``) closed: tell the retrieves it
+        brought stores for (their PACS's final response comes next)."""
+        with self._lock:
+            calls = [e.on_source_closed for e in self._open
+                     if source in e.sources and e.on_source_closed is not None]
+        for call in calls:
+            call()
 
 
 #: The process's registry (the listener and the client side live in one runtime).

@@ -1333,3 +1333,64 @@ def test_lean_retrieve_responses_yield_what_pynetdicom_yields():
                             dimse=SimpleNamespace(get_msg=lambda block: (None, None)))
     (status, ident), = list(fastpath._lean_get_move_responses(assoc, ts))
     assert "Status" not in status and ident is None and assoc._reactor_checkpoint.is_set()
+
+
+def test_our_c_moves_pending_responses_gather_until_the_time_is_up_or_a_wake_up(monkeypatch):
+    """After a pending C-MOVE response (gather_pending_responses), the DUL's
+    look at the socket reads what is already there, and otherwise waits for
+    nothing but a wake-up until GATHER_PENDING is up; a final response, or
+    stop_gathering (the PACS closed the association its stores came on),
+    ends that at once."""
+    import queue
+    import socket
+    import types
+
+    from pynetdicom.transport import AssociationSocket
+
+    from osirix_py.net import tcp
+
+    monkeypatch.setattr(fastpath, "GATHER_PENDING", 0.3)
+    cls = tcp._make_waiting_socket_class(AssociationSocket)
+    a, b = socket.socketpair()
+    wake_r, wake_w = socket.socketpair()
+    try:
+        wrapper = object.__new__(cls)
+        wrapper.socket, wrapper._is_connected = a, True
+        wrapper._osx_wake_r, wrapper._osx_wake_w = wake_r, wake_w
+        wrapper._event_queue = queue.Queue()
+        monkeypatch.setattr(cls, "event_queue", property(lambda self: self._event_queue),
+                            raising=False)
+        q = queue.Queue()
+        assoc = types.SimpleNamespace(dimse=types.SimpleNamespace(msg_queue=q),
+                                      dul=types.SimpleNamespace(socket=wrapper))
+        assert not fastpath.gather_pending_responses(assoc)  # (its queue is not lazy yet)
+        assert fastpath.lazy_pending_responses(assoc) and fastpath.gather_pending_responses(assoc)
+
+        def rsp(status):
+            return (1, types.SimpleNamespace(MessageIDBeingRespondedTo=1, Status=status))
+
+        q.put(rsp(0xFF00))  # (the DUL thread delivers a pending response)
+        b.sendall(b"x")  # the next one is already there: read at once
+        t0 = time.monotonic()
+        assert wrapper.ready is True and time.monotonic() - t0 < 0.1
+        a.recv(1)
+        q.put(rsp(0xFF00))
+        # Data that comes while it gathers waits until the time is up...
+        threading.Timer(0.05, b.sendall, args=(b"y",)).start()
+        t0 = time.monotonic()
+        assert wrapper.ready is True
+        assert 0.25 < time.monotonic() - t0 < 1.0
+        a.recv(1)
+        q.put(rsp(0xFF00))
+        threading.Timer(0.05, fastpath.stop_gathering, args=(assoc,)).start()
+        t0 = time.monotonic()
+        wrapper.ready  # (...or a wake-up: the PACS's stores ended)
+        assert time.monotonic() - t0 < 0.25
+        q.put(rsp(0xFF00))
+        q.put(rsp(0x0000))  # a final response ends gathering
+        b.sendall(b"z")
+        t0 = time.monotonic()
+        assert wrapper.ready is True and time.monotonic() - t0 < 0.1
+    finally:
+        for s in (a, b, wake_r, wake_w):
+            s.close()

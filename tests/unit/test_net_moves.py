@@ -38,3 +38,19 @@ def test_two_retrieves_from_one_pacs_are_told_apart_by_the_move_message_id():
         assert moves.expected("PACS", "WS")  # the first is still open, alone now
     assert [u for u, _ in a.pending] == ["2"]
     assert not moves.expected("PACS", "WS")
+
+
+def test_the_association_a_retrieves_stores_came_on_closing_tells_that_retrieve():
+    moves = ActiveMoves()
+    told = []
+    with moves.expecting("PACS", "WS", 1) as a, moves.expecting("PACS", "WS", 2) as b:
+        a.on_source_closed = lambda: told.append("a")
+        b.on_source_closed = lambda: told.append("b")
+        assert moves.track("PACS", "WS", "1", Future(), 1, source=101)
+        assert moves.track("PACS", "WS", "2", Future(), 2, source=202)
+        moves.source_closed(303)  # another association: nobody is told
+        assert told == []
+        moves.source_closed(101)
+        assert told == ["a"]
+    moves.source_closed(202)  # (b has ended)
+    assert told == ["a"]
