@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from pydicom import dcmread
@@ -250,11 +251,13 @@ def test_unknown_move_destination_explained(client_peers, rt):
     assert "does not know our AE title: add AE NOWHERE, host 127.0.0.1, port 4321" in msg
 
 
-@pytest.fixture
-def aborting_get_scp(client_peers):
-    """A pynetdicom C-GET SCP that sends 3 instances of a 10-instance series, then aborts."""
+@contextmanager
+def _partial_get_scp(client_peers, ae_title: str, sent: int, then):
+    """A pynetdicom C-GET SCP that sends *sent* instances of a 10-instance
+    series (a pending response after each), then calls *then(event)* and
+    stops: yields its Node and the series' files."""
     files = sorted(client_peers.data.rglob("*.dcm"))[:10]
-    ae = AE(ae_title="ABORTER")
+    ae = AE(ae_title=ae_title)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True,
@@ -263,17 +266,24 @@ def aborting_get_scp(client_peers):
     def on_get(event):
         yield len(files)
         for i, f in enumerate(files):
-            if i == 3:
-                event.assoc.abort()
+            if i == sent:
+                then(event)
                 return
             yield 0xFF00, dcmread(f)
 
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
     try:
-        yield Node("aborter", "ABORTER", "127.0.0.1", port), files
+        yield Node(ae_title.lower(), ae_title, "127.0.0.1", port), files
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def aborting_get_scp(client_peers):
+    """Sends 3 instances of a 10-instance series, then aborts."""
+    with _partial_get_scp(client_peers, "ABORTER", 3, lambda event: event.assoc.abort()) as scp:
+        yield scp
 
 
 def test_abort_mid_retrieve_keeps_what_arrived(rt, aborting_get_scp):
@@ -288,31 +298,13 @@ def test_abort_mid_retrieve_keeps_what_arrived(rt, aborting_get_scp):
 
 @pytest.fixture
 def silent_get_scp(client_peers):
-    """A pynetdicom C-GET SCP that sends 2 instances of a 10-instance series
-    (a pending response after each), then says nothing more for 20 s."""
-    files = sorted(client_peers.data.rglob("*.dcm"))[:10]
-    ae = AE(ae_title="SILENT")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True,
-                                 scu_role=False)
+    """Sends 2 instances of a 10-instance series, then says nothing more for 20 s."""
     release = threading.Event()
-
-    def on_get(event):
-        yield len(files)
-        for i, f in enumerate(files):
-            if i == 2:
-                release.wait(20)
-                return
-            yield 0xFF00, dcmread(f)
-
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
-    try:
-        yield Node("silent", "SILENT", "127.0.0.1", port), files
-    finally:
-        release.set()
-        server.shutdown()
+    with _partial_get_scp(client_peers, "SILENT", 2, lambda event: release.wait(20)) as scp:
+        try:
+            yield scp
+        finally:
+            release.set()
 
 
 def test_a_pacs_that_goes_silent_times_out_and_keeps_what_arrived(rt, silent_get_scp):
