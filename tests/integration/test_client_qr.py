@@ -174,7 +174,8 @@ def test_retrieve_job_persisted_with_throughput(client_peers, rt):
     assert rt.archive.count("image", {"StudyInstanceUID": uid}) == 20
 
 
-def test_cancel_retrieve(client_peers, rt):
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_cancel_retrieve(client_peers, rt, method):
     uid = _studies(client_peers)["BIG001"]["StudyInstanceUID"]
     _forget(rt, uid)
     cancel = threading.Event()
@@ -183,8 +184,8 @@ def test_cancel_retrieve(client_peers, rt):
         if p.completed >= 5:
             cancel.set()
 
-    prog = client.retrieve(client_peers.node(), rt.archive, study_uid=uid, method="get",
-                           calling_ae=AET, progress=progress, cancel=cancel)
+    prog = client.retrieve(client_peers.node(method=method), rt.archive, study_uid=uid,
+                           method=method, calling_ae=AET, progress=progress, cancel=cancel)
     assert prog.cancelled
     assert 5 <= prog.completed < 150
     # what did arrive is kept and indexed
