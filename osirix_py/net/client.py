@@ -197,10 +197,11 @@ def _lost(assoc, target: Target, what: str, timeout: float, calling_ae: str,
     deadline = time.monotonic() + 0.5
     while assoc.is_established and not assoc.is_aborted and time.monotonic() < deadline:
         time.sleep(0.01)  # the reactor may not have recorded the A-ABORT yet
-    waited = None if since is None else time.monotonic() - since
-    if waited is not None and waited >= timeout * 0.9:
-        return ScuError(f"{target}: no {what} response within {timeout:.1f} s", kind="timeout")
-    if assoc.is_aborted or not assoc.is_established or waited is not None:
+    if since is not None:
+        aborted = time.monotonic() - since < timeout * 0.9  # (gone before the time-out)
+    else:
+        aborted = assoc.is_aborted or not assoc.is_established
+    if aborted:
         return ScuError(f"{target}: the association was aborted during the {what} "
                         f"(the peer may refuse {what} from {calling_ae!r})", kind="aborted")
     return ScuError(f"{target}: no {what} response within {timeout:.1f} s", kind="timeout")
@@ -348,7 +349,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             return submit(event.request, data)
 
         def store(data, ts=None):
-            if ts is not None:  # (a request whose bytes are joined here)
+            if ts is not None:  # (*data* is a request whose bytes are joined here)
                 data = part10_of(data, ts)
             with lock:
                 prog.bytes += len(data)

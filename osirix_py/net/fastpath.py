@@ -67,6 +67,8 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
+from ..dicom import status as st
+
 _EXPLICIT_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
                        "UC", "UI", "UR", "UT"})
@@ -2243,7 +2245,7 @@ def _lean_get_move_responses(assoc, transfer_syntax):
                 yield ResponseStatus(), None
                 return
             code = rsp.Status
-            if code in (0xFF00, 0xFF01):
+            if st.is_pending(code):
                 yield ResponseStatus(rsp), None
                 continue
             identifier = None
@@ -2279,8 +2281,9 @@ PENDING_POLL = 0.02
 
 
 def _is_pending_response(prim) -> bool:
+    status = getattr(prim, "Status", None)
     return (getattr(prim, "MessageIDBeingRespondedTo", None) is not None
-            and getattr(prim, "Status", None) in (0xFF00, 0xFF01))
+            and status is not None and st.is_pending(status))
 
 
 class _LazyPendingQueue(queue.Queue):

@@ -126,29 +126,24 @@ def _make_waiting_socket_class(base):
             if sock is None or self._is_connected is False:
                 return False
             wake = self._osx_wake_r
-            until = self._osx_gather_until
-            if until:
-                # Gathering our C-MOVE's pending responses (see
-                # fastpath.gather_pending_responses): read what is there,
-                # else wait only for a wake-up until the time is up.
-                left = until - time.monotonic()
-                if left <= 0 or not self.event_queue.empty():
-                    self._osx_gather_until = 0.0
-                else:
-                    try:
-                        readable, _, _ = select.select([sock], [], [], 0)
-                        if readable:
-                            return True
-                        select.select([wake], [], [], left)
-                    except (OSError, TimeoutError, ValueError):
-                        self.event_queue.put("Evt17")
-                        return False
-            # No wait while an event is queued: the reactor handles one per
-            # loop, after this look at the socket (at an association's start
-            # the connection's event and the request's came together, and
-            # the request waited out a whole DUL_IDLE_WAIT here).
-            wait = DUL_IDLE_WAIT if self.event_queue.empty() else 0
             try:
+                until = self._osx_gather_until
+                if until:
+                    # Gathering our C-MOVE's pending responses (see
+                    # fastpath.gather_pending_responses): read what is there,
+                    # else wait only for a wake-up until the time is up.
+                    left = until - time.monotonic()
+                    if left <= 0 or not self.event_queue.empty():
+                        self._osx_gather_until = 0.0
+                    elif select.select([sock], [], [], 0)[0]:
+                        return True
+                    else:
+                        select.select([wake], [], [], left)
+                # No wait while an event is queued: the reactor handles one per
+                # loop, after this look at the socket (at an association's start
+                # the connection's event and the request's came together, and
+                # the request waited out a whole DUL_IDLE_WAIT here).
+                wait = DUL_IDLE_WAIT if self.event_queue.empty() else 0
                 ready, _, _ = select.select([sock, wake], [], [], wait)
             except (OSError, TimeoutError, ValueError):
                 self.event_queue.put("Evt17")
