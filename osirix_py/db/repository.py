@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
@@ -55,18 +54,11 @@ class InstanceRecord:
     file_path: str
     in_place: bool
     file_size: int
-    #: SHA-256 hex digest, or a future of it (hashed on another thread while
-    #: the row's neighbours are looked up; awaited only to build the row).
-    checksum: str | Future
+    #: See :func:`~osirix_py.storage.base.checksum`.
+    checksum: str
     origin: str
     character_set: str | None = None
     received_at: _dt.datetime | None = None
-
-    @property
-    def digest(self) -> str:
-        c = self.checksum
-        return c if isinstance(c, str) else c.result()
-
 
 @dataclass
 class AddResult:
@@ -144,7 +136,7 @@ def add_instance(conn: Connection, rec: InstanceRecord, *, replace: bool = False
     if existing is not None:
         row = _row_values(Level.IMAGE, v)
         row.update(file_path=rec.file_path, in_place=rec.in_place, file_size=rec.file_size,
-                   checksum=rec.digest, received_at=now, origin=rec.origin)
+                   checksum=rec.checksum, received_at=now, origin=rec.origin)
         conn.execute(update(instances).where(instances.c.id == existing.id).values(**row))
         old = existing.file_path if existing.file_path != rec.file_path else None
         su = conn.execute(select(series.c.series_instance_uid, studies.c.study_instance_uid)
@@ -183,7 +175,7 @@ def add_instance(conn: Connection, rec: InstanceRecord, *, replace: bool = False
         )
     row = _row_values(Level.IMAGE, v)
     row.update(series_pk=series_pk, file_path=rec.file_path, in_place=rec.in_place,
-               file_size=rec.file_size, checksum=rec.digest, received_at=now, origin=rec.origin)
+               file_size=rec.file_size, checksum=rec.checksum, received_at=now, origin=rec.origin)
     pk = conn.execute(instances.insert().values(**row)).inserted_primary_key[0]
 
     # Derived counts, kept in step inside the same transaction.
@@ -883,7 +875,7 @@ def add_instances(conn: Connection, recs: list[InstanceRecord], *, replace: bool
         se_pk = series_pks[str(rec.values["SeriesInstanceUID"])]
         row = _row_values(Level.IMAGE, rec.values)
         row.update(series_pk=se_pk, file_path=rec.file_path, in_place=rec.in_place,
-                   file_size=rec.file_size, checksum=rec.digest,
+                   file_size=rec.file_size, checksum=rec.checksum,
                    received_at=rec.received_at or now, origin=rec.origin)
         rows.append(row)
         per_series[se_pk] = per_series.get(se_pk, 0) + 1

@@ -54,8 +54,6 @@ class _Received:
 PENDING_COMMITS = 1024
 
 
-#: Files at least this large are hashed beside their write (see _submit_locked).
-_PARALLEL_HASH = 128 * 1024
 _POOLS: dict[str, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -69,10 +67,6 @@ def helper_pool(name: str, workers: int) -> ThreadPoolExecutor:
             if pool is None:
                 pool = _POOLS[name] = ThreadPoolExecutor(workers, thread_name_prefix=name)
     return pool
-
-
-def _hasher() -> ThreadPoolExecutor:
-    return helper_pool("sha256", 2)
 
 
 #: Threads that write single stored instances (C-STORE, STOW) beside their
@@ -327,11 +321,6 @@ class Archive:
             # writing thread): written and hashed here, under a temporary
             # name that the rename below moves in place -- a rename that
             # refuses to replace answers "new instance?" without a stat.
-            # (Handing the hash to a helper thread, and its digest to the
-            # index writer, woke two more threads per instance on two busy
-            # cores; measured, 100 CT by C-GET from Orthanc, 20 runs each
-            # alternating in one process: ~1,400 -> ~500 context switches,
-            # CPU 147 -> 138 ms, 126 -> 121 ms.)
             d = hdr.data
             staged = _Received(self.store.stage(key_for_uid(sop), d), len(d), checksum(d))
         staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
@@ -376,23 +365,16 @@ class Archive:
                 else:
                     data = hdr.data
                 size = len(data)
+                digest = checksum(data)
                 if self._write_beside and window <= 0:
                     # Someone waits for this one instance (a C-STORE): its
-                    # file is written and hashed on helper threads while the
-                    # index writer looks up its series and builds its row
-                    # (which awaits the digest); the writer commits once the
-                    # write is done, then syncs (one flush for the file, its
-                    # name and the row).
+                    # file is written on a helper thread while the index
+                    # writer looks up its series and builds its row; the
+                    # writer commits once the write is done, then syncs (one
+                    # flush for the file, its name and the row).
                     written = _writer_pool().submit(self.store.put, file_path, data, durable=False)
-                    digest = _hasher().submit(checksum, data)
                 else:
-                    # SHA-256 and the write both release the GIL: hash on a
-                    # helper thread while this one writes.
-                    hashing = _hasher().submit(checksum, data) if size >= _PARALLEL_HASH else None
-                    try:
-                        self.store.put(file_path, data, durable=False)
-                    finally:
-                        digest = checksum(data) if hashing is None else hashing.result()
+                    self.store.put(file_path, data, durable=False)
         rec = repo.InstanceRecord(values=v, file_path=file_path, in_place=in_place, file_size=size,
                                   checksum=digest, origin=origin, character_set=hdr.character_set)
 

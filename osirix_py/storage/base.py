@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import xxhash
+
 
 class StorageError(OSError):
     """A store operation failed; the message names the file and the reason."""
@@ -26,13 +28,24 @@ def key_for_uid(sop_instance_uid: str) -> str:
     return f"{h[:2]}/{h[2:4]}/{h}.dcm"
 
 
-def checksum(data: bytes) -> str:
-    """SHA-256 of the file bytes.
+#: An incremental :func:`checksum` (``update(piece)``, ``hexdigest()``).
+checksum_hasher = xxhash.xxh3_128
 
-    Chosen over MD5 (what Orthanc keeps) for speed as much as strength: with
-    the CPU's SHA extensions it runs at ~1.5 GB/s, twice MD5's rate.
+
+def checksum(data) -> str:
+    """The file's integrity checksum: its XXH3-128, 32 hex digits.
+
+    It tells a damaged or replaced file from the one indexed (and keys the
+    web server's render caches); it is no security measure, so it needs no
+    cryptographic strength, only a negligible chance of two files colliding
+    (2**-128).  Measured here, one 512 KB CT image: SHA-256 (with the CPU's
+    SHA extensions, the fastest hash hashlib has) 0.26 ms, BLAKE3 0.05 ms,
+    XXH3-128 0.004 ms -- on two busy cores, the SHA-256s of a 100-instance
+    retrieve cost ~30 ms of CPU and ~20 ms of its time.  (Orthanc keeps MD5,
+    0.6 ms.)  Rows indexed by earlier builds hold a SHA-256, 64 hex digits:
+    the length says which.
     """
-    return hashlib.sha256(data).hexdigest()
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 class Store(Protocol):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import sys
 import shutil
@@ -13,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from .base import StorageError, StorageFullError
+from .base import StorageError, StorageFullError, checksum_hasher
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -371,7 +370,7 @@ class IncomingFile:
 
     Staged under a temporary name (see :meth:`FileStore.open_staged`); each
     :meth:`write` appends, starts the write-back of what it wrote
-    (``sync_file_range``) and adds it to the file's SHA-256.  The sync that
+    (``sync_file_range``) and adds it to the file's checksum.  The sync that
     makes the instance durable before it is acknowledged (the index
     writer's) then finds the data on its way to the disk, and the checksum
     needs only the last piece hashed: measured, 100 CT from storescu, the
@@ -388,7 +387,7 @@ class IncomingFile:
     path's error.  Written by one thread (the receiving one).
     """
 
-    __slots__ = ("store", "tmp_key", "_path", "_fd", "size", "_state", "_lock", "_sha")
+    __slots__ = ("store", "tmp_key", "_path", "_fd", "size", "_state", "_lock", "_hash")
 
     def __init__(self, store: FileStore, tmp_key: str, path: str, fd: int):
         self.store = store
@@ -398,7 +397,7 @@ class IncomingFile:
         self.size = 0
         self._state = "open"  # open -> claimed -> finished, or -> discarded
         self._lock = threading.Lock()
-        self._sha = hashlib.sha256()
+        self._hash = checksum_hasher()
 
     def write(self, data) -> bool:
         """Append *data*; False once a write has failed (the file is gone)."""
@@ -413,7 +412,7 @@ class IncomingFile:
             self._drop()
             return False
         self.size += n_total
-        self._sha.update(data)  # (releases the GIL for all but small pieces)
+        self._hash.update(data)
         return True
 
     def claim(self) -> "IncomingFile | None":
@@ -426,9 +425,9 @@ class IncomingFile:
             return self
 
     def finish(self) -> tuple[str, int, str] | None:
-        """Close the claimed file: (temporary key, size, SHA-256 hex digest
-        of its bytes, as :func:`~osirix_py.storage.base.checksum`), or None
-        if a write failed."""
+        """Close the claimed file: (temporary key, size, checksum of its
+        bytes, as :func:`~osirix_py.storage.base.checksum`), or None if a
+        write failed."""
         fd, self._fd = self._fd, None
         if fd is None:
             return None
@@ -438,7 +437,7 @@ class IncomingFile:
             self._remove()
             return None
         self._state = "finished"
-        return self.tmp_key, self.size, self._sha.hexdigest()
+        return self.tmp_key, self.size, self._hash.hexdigest()
 
     def discard(self) -> None:
         """Remove the file, unless someone claimed it."""

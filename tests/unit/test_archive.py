@@ -307,8 +307,8 @@ class _GatedStore(FileStore):
 def test_a_stored_row_commits_only_after_its_file_is_written(tmp_path):
     """A single store writes its file beside the index insert: the row must
     not become visible before the file is in place, and the row's checksum
-    is the file's SHA-256."""
-    import hashlib
+    is the file's XXH3-128."""
+    import xxhash
 
     db = open_database(f"sqlite:///{tmp_path}/db.sqlite")
     store = _GatedStore(tmp_path / "store")
@@ -334,7 +334,7 @@ def test_a_stored_row_commits_only_after_its_file_is_written(tmp_path):
         assert len(rows) == 2
         for r in rows.values():
             data = a.read_instance(r)
-            assert r["_checksum"] == hashlib.sha256(data).hexdigest()
+            assert r["_checksum"] == xxhash.xxh3_128_hexdigest(data)
         assert a.check().clean
     finally:
         a.close()
@@ -343,10 +343,10 @@ def test_a_stored_row_commits_only_after_its_file_is_written(tmp_path):
 
 def test_grouped_stores_of_a_retrieve_commit_each_files_own_checksum(archive):
     """A retrieve's stores (submitted with a grouping window, nobody waiting
-    on each) hash large files beside their write and leave the digest to
-    the index writer: each row still carries its own file's SHA-256, small
-    and large files alike, and nothing commits before its file is there."""
-    import hashlib
+    on each, committed in groups by the index writer): each row carries its
+    own file's XXH3-128, small and large files alike, and nothing commits
+    before its file is there."""
+    import xxhash
 
     small = _encoded(2, patient_id="SMALL")
     large = _encoded(3, patient_id="LARGE", size=320, seed=5)
@@ -360,7 +360,7 @@ def test_grouped_stores_of_a_retrieve_commit_each_files_own_checksum(archive):
     for r, data in zip(by_size, sorted(small + large, key=len)):
         on_disk = archive.read_instance(r)
         assert on_disk == data
-        assert r["_checksum"] == hashlib.sha256(data).hexdigest()
+        assert r["_checksum"] == xxhash.xxh3_128_hexdigest(data)
     assert archive.check().clean
 
 
