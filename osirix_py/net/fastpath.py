@@ -760,6 +760,12 @@ def message_bytes(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) 
     the peer's maximum PDU length, 0 for unlimited; an empty data set sends
     nothing), built with one copy of the data set instead of three.
     """
+    return b"".join(message_parts(cx, command, dataset, max_pdu))
+
+
+def message_parts(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list:
+    """:func:`message_bytes` as the pieces to join: each PDU's header, then
+    its fragment (a view of *command* or *dataset*, not a copy)."""
     step = max_pdu - 6 if max_pdu else 0
     parts: list = []
 
@@ -779,7 +785,7 @@ def message_bytes(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) 
     frags(command, 0x01, 0x03)
     if dataset:
         frags(dataset, 0x00, 0x02)
-    return b"".join(parts)
+    return parts
 
 
 class RawMessage:
@@ -794,15 +800,18 @@ def raw_pdata(cx: int, command: bytes, dataset: bytes | None, max_pdu: int):
     machine handles it as ONE P-DATA request (event 9, action DT-1) and
     writes all its PDUs with one ``send`` -- instead of one reactor cycle,
     one PDU object, three copies of the fragment and one system call per
-    PDU (32 of each for a 512 KB image to a 16 KB peer).  The first call
+    PDU (32 of each for a 512 KB image to a 16 KB peer).  The PDUs are kept
+    as :func:`message_parts`: :func:`send_pdata` writes them with one
+    gathering ``sendmsg``, without copying the data set into one buffer
+    first; they are joined only if the primitive is queued.  The first call
     installs :func:`install_raw_pdata`.
     """
-    return _raw_primitive(cx, message_bytes(cx, command, dataset, max_pdu), dataset is not None)
+    return _raw_primitive(cx, message_parts(cx, command, dataset, max_pdu), dataset is not None)
 
 
-def _raw_primitive(cx: int, raw: bytes, has_dataset: bool):
+def _raw_primitive(cx: int, raw: bytes | list, has_dataset: bool):
     """The :func:`raw_pdata` primitive of already encoded PDUs (one message,
-    or several back to back)."""
+    or several back to back): their bytes, or the pieces to join."""
     cls = _RAW_CLASS.get("cls")
     if cls is None:
         from pynetdicom.pdu_primitives import P_DATA
@@ -839,7 +848,8 @@ def install_raw_pdata() -> None:
             if raw is None:
                 return original(primitive)
             pdu = original()
-            pdu.encode = lambda: raw  # type: ignore[method-assign]
+            data = raw if isinstance(raw, bytes) else b"".join(raw)
+            pdu.encode = lambda: data  # type: ignore[method-assign]
             return pdu
 
         P_DATA_TF._osx_hook = True  # type: ignore[attr-defined]
@@ -1204,9 +1214,45 @@ def send_pdata(dul, primitive) -> None:
         with lock if lock is not None else contextlib.nullcontext():
             if (not dul.to_provider_queue.queue and dul.event_queue.empty()
                     and dul.state_machine.current_state == "Sta6"):
-                dul.socket.send(primitive._osx_raw)
+                raw = primitive._osx_raw
+                if isinstance(raw, bytes) or not _send_gathered(dul.socket, raw):
+                    dul.socket.send(raw if isinstance(raw, bytes) else b"".join(raw))
                 return
     dul.send_pdu(primitive)
+
+
+#: Pieces per ``sendmsg`` (the kernel takes at most IOV_MAX, 1024 on Linux).
+_GATHER_MAX = 512
+
+
+def _send_gathered(transport, parts: list) -> bool:
+    """Write *parts* to pynetdicom's association socket *transport* with
+    ``sendmsg`` (what its ``send`` does for one buffer: an error puts
+    Evt17, "transport closed", on the DUL's queue).  False, having sent
+    nothing, where that cannot be done: a TLS socket (no ``sendmsg``), or
+    someone listening to EVT_DATA_SENT (which carries the bytes)."""
+    from pynetdicom import evt
+
+    sock = getattr(transport, "socket", None)
+    if sock is None or not hasattr(sock, "sendmsg") or getattr(sock, "_sslobj", None) is not None \
+            or transport.assoc.get_handlers(evt.EVT_DATA_SENT):
+        return False
+    try:
+        i, n = 0, len(parts)
+        while i < n:
+            batch = parts[i:i + _GATHER_MAX]
+            sent = sock.sendmsg(batch)
+            for piece in batch:  # (a partial send: go on from where it stopped)
+                size = len(piece)
+                if sent < size:
+                    if sent:
+                        parts[i] = memoryview(piece)[sent:]
+                    break
+                sent -= size
+                i += 1
+    except Exception:  # noqa: BLE001 - as AssociationSocket.send
+        transport.event_queue.put("Evt17")
+    return True
 
 
 def install_send_lock(dul) -> None:

@@ -232,6 +232,59 @@ def test_message_bytes_equal_pynetdicoms_pdus(max_pdu, with_dataset):
     assert pos == len(got) and n >= 1
 
 
+def test_gathered_send_writes_every_pdu_in_order_through_partial_sends():
+    """A message's PDUs go out with ``sendmsg`` from their pieces: a peer
+    that reads slowly (partial sends) and more pieces than one call may
+    take still get the exact bytes of :func:`message_bytes`; a peer gone
+    puts "transport closed" (Evt17) on the DUL's queue, as pynetdicom's
+    ``send`` does."""
+    import queue
+    import socket
+
+    data = bytes(range(256)) * 4096  # 1 MB: 1,030 PDUs of 1 KB, 2,060 pieces
+    parts = fastpath.message_parts(3, b"c" * 40, data, 1024)
+    assert len(parts) > 2 * fastpath._GATHER_MAX
+    expected = fastpath.message_bytes(3, b"c" * 40, data, 1024)
+
+    class Transport:  # what the function uses of pynetdicom's AssociationSocket
+        def __init__(self, sock):
+            self.socket, self.event_queue = sock, queue.Queue()
+
+        class assoc:  # noqa: N801
+            @staticmethod
+            def get_handlers(event):
+                return []
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10)
+    got = bytearray()
+
+    def read():
+        while len(got) < len(expected):
+            chunk = b.recv(3000)
+            if not chunk:
+                return
+            got.extend(chunk)
+            time.sleep(0.0005)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        transport = Transport(a)
+        assert fastpath._send_gathered(transport, parts)
+        reader.join(20)
+        assert bytes(got) == expected
+        assert transport.event_queue.empty()
+        b.close()
+        time.sleep(0.05)
+        assert fastpath._send_gathered(transport, fastpath.message_parts(3, b"c" * 40, data, 1024))
+        assert transport.event_queue.get_nowait() == "Evt17"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_raw_pdata_goes_out_as_one_pdu_object_with_the_prebuilt_bytes():
     import pynetdicom.fsm as fsm
     from pynetdicom.pdu import P_DATA_TF
@@ -1062,7 +1115,8 @@ def test_pdata_from_another_thread_is_written_directly_only_when_safe():
             self.queued: list = []
 
         def send_pdu(self, primitive):
-            self.queued.append(primitive._osx_raw)
+            raw = primitive._osx_raw
+            self.queued.append(raw if isinstance(raw, bytes) else b"".join(raw))
             self.to_provider_queue.put(primitive)
 
     def pdata(tag: bytes):
