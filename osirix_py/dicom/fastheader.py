@@ -331,6 +331,36 @@ def _element_header(buf, pos: int, n: int, implicit: bool):
     raise _Bad("unknown VR")
 
 
+_SOP_CLASS_TAG, _SOP_INSTANCE_TAG = 0x00080016, 0x00080018
+
+
+def peek_sop_uids(buf, implicit: bool) -> tuple[str, str] | None:
+    """(SOP Class UID, SOP Instance UID) read from the start of a little
+    endian data set -- *buf* may be only its first part (a C-STORE's first
+    received fragment): the top-level elements are walked up to (0008,0018)
+    and no further.  None when that start does not hold both (an undefined
+    length or a truncated element before them, a malformed header): the
+    caller then reads the whole data set.  Values as :func:`read_indexed`
+    gives them."""
+    n = len(buf)
+    pos = 0
+    found: dict[int, str] = {}
+    try:
+        while pos + 8 <= n:
+            group, elem, _vr, length, pos = _element_header(buf, pos, n, implicit)
+            tag = group << 16 | elem
+            if tag > _SOP_INSTANCE_TAG or length == _UNDEFINED or pos + length > n:
+                break
+            if tag in (_SOP_CLASS_TAG, _SOP_INSTANCE_TAG):
+                found[tag] = _ui(bytes(buf[pos:pos + length]))
+            pos += length
+    except (_Bad, struct.error):
+        return None
+    if len(found) < 2:
+        return None
+    return found[_SOP_CLASS_TAG], found[_SOP_INSTANCE_TAG]
+
+
 def _skip_elements(buf, pos: int, end: int | None, n: int, implicit: bool, depth: int) -> int:
     """Walk the elements of an item from *pos*: to *end* (defined length) or to its
     (FFFE,E00D) delimiter (undefined length, ``end`` None); the position reached."""

@@ -68,6 +68,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from ..dicom import status as st
+from ..dicom.fastheader import peek_sop_uids
 
 _EXPLICIT_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
@@ -1371,6 +1372,20 @@ def received_later(req, transfer_syntax: str) -> bool:
     stream = req.DataSet
     return (type(stream) is ReceivedDataSet and stream._lazy  # noqa: SLF001
             and stream._ts == transfer_syntax)
+
+
+def received_uids(req, transfer_syntax: str) -> tuple[str, str] | None:
+    """(SOP Class UID, SOP Instance UID) of C-STORE request *req*'s data set,
+    read from its first received fragment without joining anything, when
+    :func:`received_later` holds and that fragment starts with them (see
+    :func:`~osirix_py.dicom.fastheader.peek_sop_uids`); otherwise None."""
+    if not received_later(req, transfer_syntax):
+        return None
+    ts = UID(transfer_syntax)
+    pieces = req.DataSet._pieces  # noqa: SLF001 - (head, fragments...)
+    if len(pieces) < 2 or not ts.is_little_endian or ts.is_deflated:
+        return None
+    return peek_sop_uids(pieces[1], ts.is_implicit_VR)
 
 
 def part10_of(req, transfer_syntax: str) -> bytes | None:

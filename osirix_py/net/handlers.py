@@ -29,6 +29,7 @@ repository.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
@@ -36,7 +37,7 @@ import threading
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pydicom
 from pydicom.charset import convert_encodings
@@ -85,6 +86,7 @@ from .fastpath import (
     part10_of,
     received_file,
     received_part10,
+    received_uids,
     remove_reactor_wakeup,
     serve_requests_inline,
     split_part10,
@@ -673,7 +675,9 @@ class Handlers:
         early = self._early_ack(str(event.assoc.requestor.ae_title), req)
         try:
             if early:
-                fut = self._submit_early(event.assoc, req, data, hdr, peer)
+                fut = self._submit_early(event.assoc, req, hdr.sop_instance_uid, functools.partial(
+                    self.archive.submit_bytes, data, origin=f"dicom:{peer}",
+                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW))
                 if fut is None:
                     return st.SUCCESS
                 out = fut.result().result()  # the retrieve ended meanwhile: durable first
@@ -703,20 +707,18 @@ class Handlers:
         log.debug("C-STORE from %s: %s %s", peer, out.status, out.sop_instance_uid)
         return st.SUCCESS
 
-    def _submit_early(self, assoc, req, data: bytes, hdr: Header, peer: str) -> Future | None:
+    def _submit_early(self, assoc, req, sop_uid: str, store: Callable[[], Future]) -> Future | None:
         """Store a sub-operation of our own C-MOVE, acknowledged at once as
-        our C-GET's are: written and indexed on a helper thread while the
-        next instance arrives; its retrieve waits for it (see net.moves) and
-        counts it if it fails.  None once attached to its retrieve; the
-        store's future when that retrieve has ended meanwhile (the caller
-        must then wait for it before answering)."""
-        fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(
-            self.archive.submit_bytes, data, origin=f"dicom:{peer}",
-            name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW)
+        our C-GET's are: *store* (which submits it to the archive) runs on a
+        helper thread while the next instance arrives; its retrieve waits
+        for it (see net.moves) and counts it if it fails.  None once
+        attached to its retrieve; the store's future when that retrieve has
+        ended meanwhile (the caller must then wait for it before
+        answering)."""
+        fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(store)
         if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
                                   req.MoveOriginatorApplicationEntityTitle,
-                                  hdr.sop_instance_uid, fut, req.MoveOriginatorMessageID,
-                                  source=id(assoc)):
+                                  sop_uid, fut, req.MoveOriginatorMessageID, source=id(assoc)):
             return fut
         self._count_for(assoc, "stored")
         return None
@@ -727,21 +729,52 @@ class Handlers:
         service class (their status), everything else left to it (None) --
         anything :meth:`on_store` would refuse or has to wait for included."""
 
+        archive = self.archive
+
+        def store_received(req, ts: str, peer: str) -> Future:
+            # (On a writing thread: the join and the parse that quick() left.)
+            data = part10_of(req, ts)
+            hdr = read_header(data, name="data set")
+            mismatch = _command_mismatch(hdr, req)
+            if mismatch is not None:
+                raise DicomFileError(f"data set: {mismatch[0]} of data set differs from the command's")
+            return archive.submit_bytes(data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
+                                        header=hdr, window=RETRIEVE_GROUP_WINDOW)
+
         def quick(req):
             if not self._early_ack(str(assoc.requestor.ae_title), req):
                 return None
             cx = assoc._accepted_cx.get(req._context_id)
-            data = part10_of(req, str(cx.transfer_syntax[0])) if cx is not None \
-                and cx.transfer_syntax else None
-            if data is None:
+            if cx is None or not cx.transfer_syntax:
                 return None
-            try:
-                hdr = read_header(data, name="data set")
-            except DicomFileError:
-                return None
-            if _command_mismatch(hdr, req) is not None:
-                return None
-            fut = self._submit_early(assoc, req, data, hdr, self._peer_of(assoc))
+            ts, peer = str(cx.transfer_syntax[0]), self._peer_of(assoc)
+            uids = received_uids(req, ts)
+            if uids is not None:
+                # The command checked against the data set's first fragment
+                # only: joining and parsing the whole ~0.15 ms of this
+                # thread's time, for which the PACS's next store waits, are
+                # left to the writing thread (which reports a data set it
+                # cannot read as a failure of the retrieve, as for C-GET).
+                # Measured, 100 CT by C-MOVE from Orthanc, 25 runs each
+                # alternating in one process: 109.4 -> 100.7 ms.
+                if uids != (str(req.AffectedSOPClassUID).strip(),
+                            str(req.AffectedSOPInstanceUID).strip()):
+                    return None
+                fut = self._submit_early(assoc, req, uids[1],
+                                         functools.partial(store_received, req, ts, peer))
+            else:
+                data = part10_of(req, ts)
+                if data is None:
+                    return None
+                try:
+                    hdr = read_header(data, name="data set")
+                except DicomFileError:
+                    return None
+                if _command_mismatch(hdr, req) is not None:
+                    return None
+                fut = self._submit_early(assoc, req, hdr.sop_instance_uid, functools.partial(
+                    archive.submit_bytes, data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
+                    header=hdr, window=RETRIEVE_GROUP_WINDOW))
             if fut is None:
                 return st.SUCCESS
             try:  # (the retrieve ended meanwhile: durable first)

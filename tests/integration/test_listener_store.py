@@ -32,6 +32,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from osirix_py.db.engine import open_database
 from osirix_py.dicom import status as st
 from osirix_py.dicom import synthetic
+from osirix_py.dicom.header import DicomFileError
 from osirix_py.net.fastpath import pause_reactor
 from osirix_py.net.scu import EchoError, echo_address
 from osirix_py.net.tcp import association_socket, has_nodelay
@@ -482,6 +483,33 @@ def test_stores_of_our_own_c_move_are_answered_at_once_and_stored_behind(runtime
         assert pydicom.dcmread(io.BytesIO(runtime.archive.read_instance(row))).PixelData \
             == ds.PixelData
     assert runtime.archive.check().clean
+
+
+def test_an_unreadable_store_of_our_own_c_move_fails_in_its_retrieve(runtime, scu):
+    """A sub-operation of our own C-MOVE is answered once its command is
+    checked against the start of its data set; its data set is read on the
+    writing thread.  One that cannot be read there (a corrupt element after
+    its UIDs) is acknowledged, not stored, and its retrieve learns why; the
+    next one is stored."""
+    from osirix_py.net.moves import ACTIVE_MOVES
+
+    bad, good = _ct(2, rows=64, columns=64, patient_id="EARLYBAD")
+    data = encode(bad, False, True)
+    name = data.index(b"\x10\x00\x10\x00PN")  # (0010,0010): a length past the end
+    corrupt = data[:name + 6] + b"\xff\xff" + data[name + 8:]
+    with ACTIVE_MOVES.expecting("PACS", AET, 11) as exp:
+        with scu(runtime.listener_port, [build_context(CTImageStorage)], calling="PACS") as assoc:
+            answered = _send_raw_c_store(assoc, corrupt, CTImageStorage, bad.SOPInstanceUID, 3,
+                                         originator=(AET, 11))
+            stored = assoc.send_c_store(good, originator_aet=AET, originator_id=11).Status
+        tracked = dict(exp.pending)
+    assert answered.Status == st.SUCCESS and stored == st.SUCCESS
+    with pytest.raises(DicomFileError, match="^data set: missing required attribute"):
+        tracked[bad.SOPInstanceUID].result(10)
+    assert tracked[good.SOPInstanceUID].result(10).result(10).status == "stored"
+    runtime.archive.writer.flush().result(10)
+    assert {r["SOPInstanceUID"] for r in runtime.archive.find("instance")} == {good.SOPInstanceUID}
+    assert [p.suffix for p in _files_under(runtime.settings.store_dir)] == [".dcm"]
 
 
 def test_disk_full_while_receiving_answers_a700_and_keeps_nothing(runtime, scu, monkeypatch):

@@ -412,3 +412,40 @@ def test_random_files_agree():
         data = part10(changes, implicit=implicit, extra=extra)
         fast += _same(data)
     assert fast >= n // 3, fast
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_sop_uids_are_peeked_from_the_start_of_a_data_set(implicit):
+    """A C-STORE's first received fragment is enough to check its command:
+    the SOP Class and Instance UIDs come from the start of the data set, as
+    the whole header gives them; a start that does not reach them, or an
+    undefined length before them, gives None (the whole is read instead)."""
+    from pynetdicom.dsutils import encode
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = make_ct_series(slices=1, rows=32, columns=32,
+                        transfer_syntax=IMPLICIT if implicit else EXPLICIT)[0]
+    data = encode(ds, implicit, True)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    whole = read_header(buf.getvalue())
+    got = fastheader.peek_sop_uids(data, implicit)
+    assert got == (whole.values["SOPClassUID"], whole.sop_instance_uid)
+    assert got == (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+    uid_end = data.index(str(ds.SOPInstanceUID).encode()) + len(str(ds.SOPInstanceUID))
+    assert fastheader.peek_sop_uids(data[:uid_end + 1], implicit) == got  # (even UID padding)
+    assert fastheader.peek_sop_uids(data[:uid_end - 4], implicit) is None  # cut inside it
+    assert fastheader.peek_sop_uids(memoryview(data)[:4096], implicit) == got
+    assert fastheader.peek_sop_uids(b"\x08\x00\x16\x00garbage!", implicit) is None
+
+    before = Dataset()  # an undefined-length sequence before the UIDs
+    item = Dataset()
+    item.CodeValue = "X"
+    before.add_new(0x00080006, "SQ", Sequence([item]))
+    before.SOPClassUID, before.SOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    raw = encode(before, implicit, True)
+    undefined = raw.replace(struct.pack("<I", len(encode(item, implicit, True)) + 8),
+                            b"\xff\xff\xff\xff", 1)
+    assert fastheader.peek_sop_uids(raw, implicit) == got
+    assert fastheader.peek_sop_uids(undefined, implicit) is None
