@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import data, peers
-from .harness import Context, Row, Target, register, rotated
+from .harness import WARM_UP, Context, Row, Target, register, rotated
 from .peers import OSIRIX_AET, STORESCP_AET, Orthanc, PeerError, StoreSCP
 
 
@@ -108,11 +108,15 @@ def bench_retrieve(ctx: Context) -> list[Row]:
 
         runs = {"get": lambda: ours("get"), "getscu": getscu,
                 "move": lambda: ours("move"), "movescu": movescu}
-        for rep in range(ctx.repeat):
+        for rep in range(-WARM_UP, ctx.repeat):
             # (Each side runs first in every other repetition: see rotated().)
             for pair in (["get", "getscu"], ["move", "movescu"]):
                 for who in rotated(pair, rep):
-                    times[who].append(runs[who]())
+                    t = runs[who]()
+                    if rep >= 0:
+                        times[who].append(t)
+            if rep < 0:
+                continue
             ctx.say(f"retrieve run {rep + 1}/{ctx.repeat}: " +
                     ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
     med = {k: ctx.median(v) for k, v in times.items()}

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import data, peers
-from .harness import Context, Row, Target, register, rotated
+from .harness import WARM_UP, Context, Row, Target, register, rotated
 from .peers import OSIRIX_AET, STORESCP_AET, Orthanc, OsirixServer, PeerError, StoreSCP
 
 ORTHANC = "Orthanc"
@@ -192,7 +192,7 @@ def _retrieve(ctx: Context, bench: str) -> list[Row]:
         times: dict[str, list[float]] = {"osirix-py": [], ORTHANC: []}
         targets = {"osirix-py": (srv.aet, srv.port), ORTHANC: (orth.aet, orth.dicom_port)}
         get_dir = ctx.tempdir("getscu")
-        for rep in range(ctx.repeat):
+        for rep in range(-WARM_UP, ctx.repeat):  # (see WARM_UP)
             for who in rotated(list(targets), rep):
                 aec, port = targets[who]
                 if bench == "cmove":
@@ -205,7 +205,8 @@ def _retrieve(ctx: Context, bench: str) -> list[Row]:
                     got = sum(1 for p in Path(get_dir).iterdir() if p.is_file())
                 if got != n:
                     raise PeerError(f"{bench} from {who}: {got} of {n} instances arrived")
-                times[who].append(t)
+                if rep >= 0:
+                    times[who].append(t)
     return [Row(bench, label, "s", ctx.median(times["osirix-py"]), ctx.median(times[ORTHANC]),
                 "Orthanc SQLite", higher_is_better=False, target=Target.ratio_at_least(1.0, "Orthanc"),
                 samples=times["osirix-py"], peer_samples=times[ORTHANC])]

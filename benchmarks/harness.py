@@ -134,6 +134,17 @@ class Row:
 
 
 # --------------------------------------------------------------------------- context
+#: Untimed rounds before the timed ones in the benchmarks between two
+#: long-running programs (a retrieve into our runtime from Orthanc, a
+#: retrieve from our server or Orthanc): each side's first run pays
+#: one-time costs a running server or workstation has long paid (lazy
+#: imports, thread pools, statement caches, files not yet in the page
+#: cache) -- in two runs of the retrieve benchmark, our first C-GET took 140
+#: and 227 ms where the next five took 95-114 and 114-172 ms.  Every side
+#: gets the same rounds, the dcmtk tools too.
+WARM_UP = 1
+
+
 def rotated(items: list, k: int) -> list:
     """*items* rotated left by *k*: the order of the runs of repetition *k*.
 
