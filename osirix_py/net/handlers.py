@@ -473,6 +473,10 @@ _COMMAND_UIDS = (("SOPInstanceUID", "AffectedSOPInstanceUID", "SOP Instance UID"
                  ("SOPClassUID", "AffectedSOPClassUID", "SOP Class UID"))
 
 
+def _differs(name: str) -> str:
+    return f"{name} of data set differs from the command's"
+
+
 def _command_mismatch(hdr: Header, req) -> tuple[str, object, object] | None:
     """(name, value in the data set, value in the command) of the first UID
     in which a received data set differs from its C-STORE command; None
@@ -671,13 +675,12 @@ class Handlers:
             log.warning("C-STORE from %s refused: %s %s in the data set, %s in the command",
                         peer, name, in_data_set, in_command)
             return status_ds(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                             f"{name} of data set differs from the command's")
+                             _differs(name))
         early = self._early_ack(str(event.assoc.requestor.ae_title), req)
         try:
             if early:
                 fut = self._submit_early(event.assoc, req, hdr.sop_instance_uid, functools.partial(
-                    self.archive.submit_bytes, data, origin=f"dicom:{peer}",
-                    name=f"C-STORE from {peer}", header=hdr, window=RETRIEVE_GROUP_WINDOW))
+                    self._store_early, data, hdr, peer))
                 if fut is None:
                     return st.SUCCESS
                 out = fut.result().result()  # the retrieve ended meanwhile: durable first
@@ -707,6 +710,11 @@ class Handlers:
         log.debug("C-STORE from %s: %s %s", peer, out.status, out.sop_instance_uid)
         return st.SUCCESS
 
+    def _store_early(self, data: bytes, hdr: Header, peer: str) -> Future:
+        """Submit an early-acknowledged store (see :meth:`_submit_early`)."""
+        return self.archive.submit_bytes(data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
+                                         header=hdr, window=RETRIEVE_GROUP_WINDOW)
+
     def _submit_early(self, assoc, req, sop_uid: str, store: Callable[[], Future]) -> Future | None:
         """Store a sub-operation of our own C-MOVE, acknowledged at once as
         our C-GET's are: *store* (which submits it to the archive) runs on a
@@ -729,17 +737,14 @@ class Handlers:
         service class (their status), everything else left to it (None) --
         anything :meth:`on_store` would refuse or has to wait for included."""
 
-        archive = self.archive
-
         def store_received(req, ts: str, peer: str) -> Future:
             # (On a writing thread: the join and the parse that quick() left.)
             data = part10_of(req, ts)
             hdr = read_header(data, name="data set")
             mismatch = _command_mismatch(hdr, req)
             if mismatch is not None:
-                raise DicomFileError(f"data set: {mismatch[0]} of data set differs from the command's")
-            return archive.submit_bytes(data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
-                                        header=hdr, window=RETRIEVE_GROUP_WINDOW)
+                raise DicomFileError(f"data set: {_differs(mismatch[0])}")
+            return self._store_early(data, hdr, peer)
 
         def quick(req):
             if not self._early_ack(str(assoc.requestor.ae_title), req):
@@ -772,9 +777,8 @@ class Handlers:
                     return None
                 if _command_mismatch(hdr, req) is not None:
                     return None
-                fut = self._submit_early(assoc, req, hdr.sop_instance_uid, functools.partial(
-                    archive.submit_bytes, data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
-                    header=hdr, window=RETRIEVE_GROUP_WINDOW))
+                fut = self._submit_early(assoc, req, hdr.sop_instance_uid,
+                                         functools.partial(self._store_early, data, hdr, peer))
             if fut is None:
                 return st.SUCCESS
             try:  # (the retrieve ended meanwhile: durable first)
