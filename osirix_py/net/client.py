@@ -56,10 +56,14 @@ from pynetdicom.sop_class import (
 )
 
 from ..dicom import status as st
+from ..dicom.header import DicomFileError, read_header
 from ..dicom.tags import Level, attributes_up_to, find_attribute
 from .fastpath import (
     PausedSender,
     StoredInstance,
+    command_mismatch,
+    command_uids,
+    differs,
     gather_pending_responses,
     install_dimse_hook,
     install_encode_hook,
@@ -69,6 +73,7 @@ from .fastpath import (
     part10_of,
     received_later,
     received_part10,
+    received_uids,
     serve_stores_inline,
     stop_gathering,
 )
@@ -348,18 +353,22 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             # per instance at the end (FailedSOPInstanceUIDList-like).
             return submit(event.request, data)
 
-        def store(data, ts=None):
-            if ts is not None:  # (*data* is a request whose bytes are joined here)
-                data = part10_of(data, ts)
+        def store(req, data, ts=None):
+            if data is None:  # (the request's bytes, joined here)
+                data = part10_of(req, ts)
+            hdr = read_header(data, name="data set")
+            mismatch = command_mismatch(hdr, req)
+            if mismatch is not None:
+                raise DicomFileError(f"data set: {differs(mismatch[0])}")
             with lock:
                 prog.bytes += len(data)
             return archive.submit_bytes(data, origin=f"dicom:{node.ae_title}",
-                                        name=f"C-GET from {node.ae_title}",
+                                        name=f"C-GET from {node.ae_title}", header=hdr,
                                         window=RETRIEVE_GROUP_WINDOW)
 
-        def submit(req, *what) -> int:
+        def submit(req, data, ts=None) -> int:
             sop = str(getattr(req, "AffectedSOPInstanceUID", "") or "?")
-            fut = writer.submit(store, *what)
+            fut = writer.submit(store, req, data, ts)
             with lock:
                 pending.append((sop, fut))
             return st.SUCCESS
@@ -377,7 +386,17 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             ts = str(cx.transfer_syntax[0])
             if not received_later(req, ts):
                 return None
-            return submit(req, req, ts)
+            uids, named = received_uids(req, ts), command_uids(req)
+            if uids is not None and uids != named:
+                # (Checked on the writing thread where the first fragment
+                # cannot tell: the retrieve then counts it as failed.)
+                reason = (f"refused (0xA900): the C-STORE names {named[1]} ({named[0]}), "
+                          f"its data set is {uids[1]} ({uids[0]})")
+                log.warning("C-GET from %s: %s", node.ae_title, reason)
+                with lock:
+                    prog.failures[named[1]] = reason
+                return st.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            return submit(req, None, ts)
 
         handlers.append((evt.EVT_C_STORE, on_store))
     else:

@@ -1374,6 +1374,34 @@ def received_later(req, transfer_syntax: str) -> bool:
             and stream._ts == transfer_syntax)
 
 
+#: (keyword in the data set, in the C-STORE command, name) of the UIDs the
+#: two must agree on.
+_COMMAND_UIDS = (("SOPInstanceUID", "AffectedSOPInstanceUID", "SOP Instance UID"),
+                 ("SOPClassUID", "AffectedSOPClassUID", "SOP Class UID"))
+
+
+def differs(name: str) -> str:
+    """Why a received data set is refused with 0xA900 (see :func:`command_mismatch`)."""
+    return f"{name} of data set differs from the command's"
+
+
+def command_mismatch(hdr, req) -> tuple[str, object, object] | None:
+    """(name, value in the data set, value in the command) of the first UID
+    in which a received data set (its :class:`~osirix_py.dicom.header.Header`
+    *hdr*) differs from its C-STORE command *req*; None when they agree."""
+    for keyword, command_keyword, name in _COMMAND_UIDS:
+        in_data_set, in_command = hdr.values.get(keyword), getattr(req, command_keyword)
+        if str(in_data_set) != str(in_command).strip():
+            return name, in_data_set, in_command
+    return None
+
+
+def command_uids(req) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) named by C-STORE request *req*, as
+    :func:`received_uids` gives the data set's."""
+    return str(req.AffectedSOPClassUID).strip(), str(req.AffectedSOPInstanceUID).strip()
+
+
 def received_uids(req, transfer_syntax: str) -> tuple[str, str] | None:
     """(SOP Class UID, SOP Instance UID) of C-STORE request *req*'s data set,
     read from its first received fragment without joining anything, when

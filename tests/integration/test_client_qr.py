@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
@@ -252,11 +253,29 @@ def test_unknown_move_destination_explained(client_peers, rt):
     assert "does not know our AE title: add AE NOWHERE, host 127.0.0.1, port 4321" in msg
 
 
+class _Misnamed(Dataset):
+    """A data set whose C-STORE command (pynetdicom takes its UIDs from the
+    data set's attributes) names another SOP instance than it holds."""
+
+    @property
+    def SOPInstanceUID(self):  # noqa: N802
+        return "1.2.826.0.1.3680043.2.1125.999.1"
+
+
+def _misnamed(path) -> Dataset:
+    ds = dcmread(path)
+    out = _Misnamed()
+    out.update(ds)
+    out.file_meta = ds.file_meta
+    return out
+
+
 @contextmanager
-def _partial_get_scp(client_peers, ae_title: str, sent: int, then):
+def _partial_get_scp(client_peers, ae_title: str, sent: int, then, misnamed: int | None = None):
     """A pynetdicom C-GET SCP that sends *sent* instances of a 10-instance
     series (a pending response after each), then calls *then(event)* and
-    stops: yields its Node and the series' files."""
+    stops: yields its Node and the series' files.  The command of instance
+    number *misnamed* names another SOP instance than its data set."""
     files = sorted(client_peers.data.rglob("*.dcm"))[:10]
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
@@ -270,7 +289,7 @@ def _partial_get_scp(client_peers, ae_title: str, sent: int, then):
             if i == sent:
                 then(event)
                 return
-            yield 0xFF00, dcmread(f)
+            yield 0xFF00, _misnamed(f) if i == misnamed else dcmread(f)
 
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
@@ -285,6 +304,24 @@ def aborting_get_scp(client_peers):
     """Sends 3 instances of a 10-instance series, then aborts."""
     with _partial_get_scp(client_peers, "ABORTER", 3, lambda event: event.assoc.abort()) as scp:
         yield scp
+
+
+def test_a_c_get_store_whose_data_set_is_not_the_one_named_is_refused(rt, client_peers):
+    """A PACS whose C-STORE names one instance and carries another: that
+    sub-operation is refused with 0xA900 and not stored, the retrieve says
+    which and why, and the rest of the series is stored."""
+    with _partial_get_scp(client_peers, "MISNAMER", 4, lambda event: None, misnamed=1) as scp:
+        node, files = scp
+        study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        _forget(rt, study)
+        prog = client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET)
+    real = dcmread(files[1], stop_before_pixels=True).SOPInstanceUID
+    assert (prog.completed, prog.failed) == (3, 1)
+    reason = prog.failures["1.2.826.0.1.3680043.2.1125.999.1"]
+    assert "0xA900" in reason and real in reason
+    stored = {r["SOPInstanceUID"] for r in rt.archive.find("image", {"StudyInstanceUID": study})}
+    assert stored == {dcmread(f, stop_before_pixels=True).SOPInstanceUID
+                      for f in (files[0], files[2], files[3])}
 
 
 def test_abort_mid_retrieve_keeps_what_arrived(rt, aborting_get_scp):
