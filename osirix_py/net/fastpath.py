@@ -1232,10 +1232,12 @@ def _send_gathered(transport, parts: list) -> bool:
     Evt17, "transport closed", on the DUL's queue).  False, having sent
     nothing, where that cannot be done: a TLS socket (no ``sendmsg``), or
     someone listening to EVT_DATA_SENT (which carries the bytes)."""
+    import ssl
+
     from pynetdicom import evt
 
     sock = getattr(transport, "socket", None)
-    if sock is None or not hasattr(sock, "sendmsg") or getattr(sock, "_sslobj", None) is not None \
+    if sock is None or not hasattr(sock, "sendmsg") or isinstance(sock, ssl.SSLSocket) \
             or transport.assoc.get_handlers(evt.EVT_DATA_SENT):
         return False
     try:

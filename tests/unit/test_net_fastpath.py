@@ -240,6 +240,7 @@ def test_gathered_send_writes_every_pdu_in_order_through_partial_sends():
     ``send`` does."""
     import queue
     import socket
+    import ssl
 
     data = bytes(range(256)) * 4096  # 1 MB: 1,030 PDUs of 1 KB, 2,060 pieces
     parts = fastpath.message_parts(3, b"c" * 40, data, 1024)
@@ -283,6 +284,13 @@ def test_gathered_send_writes_every_pdu_in_order_through_partial_sends():
     finally:
         a.close()
         b.close()
+    # A TLS socket has no sendmsg: declined, nothing sent, the caller joins.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    with context.wrap_socket(socket.socket(), do_handshake_on_connect=False) as tls:
+        transport = Transport(tls)
+        assert not fastpath._send_gathered(transport, parts)
+        assert transport.event_queue.empty()
 
 
 def test_raw_pdata_goes_out_as_one_pdu_object_with_the_prebuilt_bytes():
