@@ -60,6 +60,7 @@ class InstanceRecord:
     character_set: str | None = None
     received_at: _dt.datetime | None = None
 
+
 @dataclass
 class AddResult:
     status: str  # "stored", "duplicate", "replaced"
