@@ -258,6 +258,15 @@ def install_uid_cache() -> None:
 _QUIET_SYNTAXES: dict[tuple[str, bool], UID] = {}
 
 
+def _quiet_syntax(uid: UID) -> bool:
+    """Whether ``PresentationContext.add_transfer_syntax`` takes *uid*
+    without a warning (under the current UID conformance setting)."""
+    from pynetdicom.utils import validate_uid
+
+    return bool(uid and validate_uid(uid) and uid.is_valid
+                and (uid.is_private or uid.is_transfer_syntax))
+
+
 def _install_transfer_syntax_cache() -> None:
     """``PresentationContext.add_transfer_syntax`` converts and checks its
     UID anew each time (``UID()``, two regular expressions, the transfer
@@ -267,7 +276,6 @@ def _install_transfer_syntax_cache() -> None:
     hands anything else to pynetdicom.  Called with the hook lock held."""
     from pynetdicom import _config
     from pynetdicom.presentation import PresentationContext
-    from pynetdicom.utils import validate_uid
 
     original = PresentationContext.add_transfer_syntax
     if getattr(original, "_osx_hook", False):
@@ -283,8 +291,7 @@ def _install_transfer_syntax_cache() -> None:
                 return
             original(self, syntax)
             uid = UID(syntax)
-            if uid and validate_uid(uid) and uid.is_valid and (uid.is_private
-                                                                or uid.is_transfer_syntax):
+            if _quiet_syntax(uid):
                 if len(_QUIET_SYNTAXES) >= _UID_CACHE_LIMIT:
                     _QUIET_SYNTAXES.clear()
                 _QUIET_SYNTAXES[key] = uid
@@ -450,7 +457,6 @@ def _rq_item(raw: bytes, conformance: bool):
     except KeyError:
         pass
     from pynetdicom.pdu_items import PDU_ITEM_TYPES
-    from pynetdicom.utils import validate_uid
 
     value = _PYNETDICOM
     try:
@@ -463,9 +469,7 @@ def _rq_item(raw: bytes, conformance: bool):
             value = item.abstract_syntax_name
         elif kind == 0x40:
             uid = item.transfer_syntax_name
-            # (what PresentationContext.add_transfer_syntax accepts without a word)
-            if uid and validate_uid(uid) and uid.is_valid and (uid.is_private
-                                                                or uid.is_transfer_syntax):
+            if _quiet_syntax(uid):
                 value = uid
         elif kind in _RQ_SUB_ITEMS:
             value = item.to_primitive()
