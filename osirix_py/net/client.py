@@ -56,14 +56,12 @@ from pynetdicom.sop_class import (
 )
 
 from ..dicom import status as st
-from ..dicom.header import DicomFileError, read_header
 from ..dicom.tags import Level, attributes_up_to, find_attribute
 from .fastpath import (
     PausedSender,
     StoredInstance,
-    command_mismatch,
+    checked_header,
     command_uids,
-    differs,
     gather_pending_responses,
     install_dimse_hook,
     install_encode_hook,
@@ -356,10 +354,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
         def store(req, data, ts=None):
             if data is None:  # (the request's bytes, joined here)
                 data = part10_of(req, ts)
-            hdr = read_header(data, name="data set")
-            mismatch = command_mismatch(hdr, req)
-            if mismatch is not None:
-                raise DicomFileError(f"data set: {differs(mismatch[0])}")
+            hdr = checked_header(req, data)
             with lock:
                 prog.bytes += len(data)
             return archive.submit_bytes(data, origin=f"dicom:{node.ae_title}",

@@ -69,6 +69,7 @@ from pydicom.uid import UID
 
 from ..dicom import status as st
 from ..dicom.fastheader import peek_sop_uids
+from ..dicom.header import DicomFileError, read_header
 
 _EXPLICIT_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
@@ -1400,6 +1401,17 @@ def command_mismatch(hdr, req) -> tuple[str, object, object] | None:
         if str(in_data_set) != str(in_command).strip():
             return name, in_data_set, in_command
     return None
+
+
+def checked_header(req, data: bytes):
+    """The :class:`~osirix_py.dicom.header.Header` of C-STORE request
+    *req*'s Part 10 bytes *data*; ``DicomFileError`` when they cannot be
+    read or are not the instance the command names (:func:`command_mismatch`)."""
+    hdr = read_header(data, name="data set")
+    mismatch = command_mismatch(hdr, req)
+    if mismatch is not None:
+        raise DicomFileError(f"data set: {differs(mismatch[0])}")
+    return hdr
 
 
 def command_uids(req) -> tuple[str, str]:

@@ -74,6 +74,7 @@ from .fastpath import (
     EncodeError,
     FindResponder,
     StoredInstance,
+    checked_header,
     command_mismatch,
     command_uids,
     differs,
@@ -470,7 +471,6 @@ def big_to_little_endian(ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
-
 class Handlers:
     """The listener's event handlers, bound to one archive and one nodes table.
 
@@ -723,11 +723,7 @@ class Handlers:
         def store_received(req, ts: str, peer: str) -> Future:
             # (On a writing thread: the join and the parse that quick() left.)
             data = part10_of(req, ts)
-            hdr = read_header(data, name="data set")
-            mismatch = command_mismatch(hdr, req)
-            if mismatch is not None:
-                raise DicomFileError(f"data set: {differs(mismatch[0])}")
-            return self._store_early(data, hdr, peer)
+            return self._store_early(data, checked_header(req, data), peer)
 
         def quick(req):
             if not self._early_ack(str(assoc.requestor.ae_title), req):
@@ -754,10 +750,8 @@ class Handlers:
                 if data is None:
                     return None
                 try:
-                    hdr = read_header(data, name="data set")
+                    hdr = checked_header(req, data)
                 except DicomFileError:
-                    return None
-                if command_mismatch(hdr, req) is not None:
                     return None
                 fut = self._submit_early(assoc, req, hdr.sop_instance_uid,
                                          functools.partial(self._store_early, data, hdr, peer))
