@@ -62,6 +62,7 @@ import queue
 import struct
 import threading
 import time
+from typing import Callable
 
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -1577,6 +1578,9 @@ class PausedSender:
     def __init__(self, assoc):
         self.assoc = assoc
         self.paused = False
+        #: Called once a store's PDUs are out, before its response is awaited
+        #: (the C-MOVE / C-GET SCP loads the next instance meanwhile).
+        self.after_send: Callable[[], None] | None = None
 
     def pause(self) -> None:
         if not self.paused:
@@ -1634,6 +1638,8 @@ class PausedSender:
         else:
             req.DataSet = io.BytesIO(raw)
             assoc.dimse.send_msg(req, cx.context_id)
+        if self.after_send is not None:
+            self.after_send()
         _cx, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             self.resume()  # (time-out or abort: the reactor records which)
@@ -1667,20 +1673,23 @@ class ReactorThreadSender(PausedSender):
         return cx
 
 
-def install_reactor_thread_store(assoc) -> None:
+def install_reactor_thread_store(assoc) -> ReactorThreadSender:
     """Route *assoc*'s ``send_c_store`` of :class:`StoredInstance` s made on
     its own reactor thread (pynetdicom's C-GET service class sending a
     handler's sub-operations) through a :class:`ReactorThreadSender`: the
     data set goes to the DUL as stored, without pynetdicom's per-message
     pause handshake, context search and primitive checks (~0.5 ms a store).
     Calls from any other thread, and anything but a stored instance in an
-    accepted context, take pynetdicom's own path.  Once per association."""
-    if getattr(assoc, "_osx_reactor_store", None) is not None:
-        return
+    accepted context, take pynetdicom's own path.  Once per association (the
+    sender, for its ``after_send``)."""
+    sender = getattr(assoc, "_osx_reactor_store", None)
+    if sender is not None:
+        return sender
     sender = ReactorThreadSender(assoc)
     assoc._osx_reactor_store = sender
     assoc.send_c_store = _stored_sender(assoc, sender, assoc.send_c_store,
                                         lambda: threading.current_thread() is assoc)
+    return sender
 
 
 def _stored_sender(assoc, sender: PausedSender, original_store, allowed=lambda: True):

@@ -73,6 +73,7 @@ from ..storage.base import StorageError, StorageFullError
 from .fastpath import (
     EncodeError,
     FindResponder,
+    PausedSender,
     StoredInstance,
     checked_header,
     command_mismatch,
@@ -965,13 +966,14 @@ class Handlers:
                  parsed.query, len(rows))
         self._count(event, "C-MOVE")
         store_assoc: list = []
+        senders: list = []
 
         def on_open(e) -> None:
             store_assoc.append(e.assoc)
             if self.fast_send:
                 # Stored instances go out with the sub-association's reactor
                 # kept paused (no 1 ms pause handshake per instance).
-                install_paused_store(e.assoc)
+                senders.append(install_paused_store(e.assoc))
 
         kwargs = {
             "contexts": self.move_contexts(rows) if rows else None,
@@ -986,7 +988,8 @@ class Handlers:
         yield len(rows)
         self._clear_override(event)
         accepted = store_assoc[0].accepted_contexts if store_assoc else []
-        yield from self._suboperations(event, rows, accepted, "C-MOVE", peer)
+        yield from self._suboperations(event, rows, accepted, "C-MOVE", peer,
+                                       senders[0] if senders else None)
 
     def on_get(self, event):
         peer = self._peer(event)
@@ -1002,17 +1005,43 @@ class Handlers:
         log.info("C-GET from %s: %s level %s, %d instance(s)", peer, parsed.level.value,
                  parsed.query, len(rows))
         self._count(event, "C-GET")
-        if self.fast_send:
-            install_reactor_thread_store(event.assoc)
+        sender = install_reactor_thread_store(event.assoc) if self.fast_send else None
         yield len(rows)
         accepted = event.assoc.accepted_contexts
-        yield from self._suboperations(event, rows, accepted, "C-GET", peer)
+        yield from self._suboperations(event, rows, accepted, "C-GET", peer, sender)
 
-    def _suboperations(self, event, rows: list[dict], accepted: list, op: str, peer: str):
+    def _suboperations(self, event, rows: list[dict], accepted: list, op: str, peer: str,
+                       sender: PausedSender | None = None):
+        """The sub-operations' (status, data set) for pynetdicom's C-MOVE /
+        C-GET service class.  With a *sender* (the fast path), each instance
+        is loaded while the peer stores the one before: *sender* calls back
+        once that one's PDUs are out, before it waits for the response (the
+        same thread; measured on 100 CT, a file read is ~0.1 ms of each
+        ~0.9 ms store cycle)."""
         offered_by_class: dict = {}
-        for i, row in enumerate(rows):
-            if event.is_cancelled:
-                log.info("%s from %s cancelled after %d of %d instance(s)", op, peer, i, len(rows))
-                yield st.CANCEL, None
-                return
-            yield st.PENDING, self._load(row, accepted, offered_by_class)
+        ahead: dict[int, Dataset] = {}
+
+        def load(i: int) -> Dataset:
+            return self._load(rows[i], accepted, offered_by_class)
+
+        def load_next(i: int) -> None:
+            if i < len(rows) and not event.is_cancelled:
+                try:
+                    ahead[i] = load(i)
+                except Exception:  # noqa: BLE001 - loaded (and reported) again in turn
+                    log.debug("%s from %s: loading instance %d ahead failed", op, peer, i,
+                              exc_info=True)
+
+        try:
+            for i in range(len(rows)):
+                if event.is_cancelled:
+                    log.info("%s from %s cancelled after %d of %d instance(s)", op, peer, i,
+                             len(rows))
+                    yield st.CANCEL, None
+                    return
+                if sender is not None:
+                    sender.after_send = functools.partial(load_next, i + 1)
+                yield st.PENDING, ahead.pop(i) if i in ahead else load(i)
+        finally:
+            if sender is not None:
+                sender.after_send = None

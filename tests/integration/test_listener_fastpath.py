@@ -284,6 +284,78 @@ def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
         assert (originator, originator_id) == (runtime.listener.config.ae_title, 11)
 
 
+@pytest.mark.parametrize("op", ["C-GET", "C-MOVE"])
+def test_the_next_instance_is_read_while_the_peer_stores_this_one(runtime, scu, monkeypatch, op):
+    """A C-GET / C-MOVE reads instance k+1 from the archive while the peer
+    still holds instance k unanswered (its store cycle no longer includes
+    our file read); nothing is read beyond the last, every instance arrives
+    once with its stored bytes, and the retrieve succeeds."""
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelMove as Move,
+    )
+
+    from osirix_py.services.nodes import Node
+
+    series = _ct(4, patient_id="READAHEAD" + op[2:])
+    with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == st.SUCCESS
+    archive = runtime.archive
+    reads: list[str] = []
+    changed = threading.Condition()
+    original = archive.read_instance
+
+    def read_instance(row):
+        data = original(row)
+        with changed:
+            reads.append(str(row["SOPInstanceUID"]))
+            changed.notify_all()
+        return data
+
+    monkeypatch.setattr(archive, "read_instance", read_instance)
+    seen: list[tuple[str, list[str]]] = []
+    received: dict[str, bytes] = {}
+
+    def on_store(event):
+        k = len(seen) + 1
+        with changed:
+            # Instance k is here, not yet answered: k+1 is being read (or was).
+            changed.wait_for(lambda: len(reads) > k, timeout=3 if k < len(series) else 0.2)
+            seen.append((str(event.request.AffectedSOPInstanceUID), list(reads)))
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    if op == "C-GET":
+        statuses = _c_get_series(runtime, scu, series, ImplicitVRLittleEndian, on_store)
+        assert statuses[-1] == st.SUCCESS
+    else:
+        ae = AE(ae_title="AHEADDEST")
+        ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian])
+        server = ae.start_server(("127.0.0.1", 0), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            runtime.nodes.add(Node(name="aheaddest", ae_title="AHEADDEST", host="127.0.0.1",
+                                   port=server.server_address[1]), replace=True)
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "SERIES"
+            ident.StudyInstanceUID = series[0].StudyInstanceUID
+            ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+            with scu(runtime.listener_port, [build_context(Move)]) as assoc:
+                rsps = [s for s, _ in assoc.send_c_move(ident, "AHEADDEST", Move)]
+            assert rsps[-1].Status == st.SUCCESS
+            assert rsps[-1].NumberOfCompletedSuboperations == 4
+        finally:
+            ae.shutdown()
+    n = len(series)
+    assert [uid for uid, _ in seen] == reads  # each read once, sent in that order
+    for k, (uid, read_so_far) in enumerate(seen, start=1):
+        assert read_so_far == reads[:min(k + 1, n)], (k, uid, read_so_far)
+    assert sorted(received) == sorted(str(d.SOPInstanceUID) for d in series)
+    for uid, data_set in received.items():
+        stored = _stored_bytes(runtime, uid)
+        assert stored[fastpath.split_part10(stored)[3]:] == data_set
+
+
 def test_stores_are_served_as_they_arrive_one_request_at_a_time(runtime, scu):
     """A C-STORE is stored and answered by the thread that received it; while
     the association's own thread serves a request, the next one waits for
