@@ -58,6 +58,7 @@ from pynetdicom.sop_class import (
 from ..dicom import status as st
 from ..dicom.tags import Level, attributes_up_to, find_attribute
 from .fastpath import (
+    AnswerFirst,
     PausedSender,
     StoredInstance,
     checked_header,
@@ -75,7 +76,7 @@ from .fastpath import (
     serve_stores_inline,
     stop_gathering,
 )
-from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS, submit_into
 from .scu import ScuError, Target, open_association
 
 log = logging.getLogger(__name__)
@@ -391,7 +392,13 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                 with lock:
                     prog.failures[named[1]] = reason
                 return st.DATASET_DOES_NOT_MATCH_SOP_CLASS
-            return submit(req, None, ts)
+            # Answered first, handed to a writing thread after: the PACS's
+            # next store waits for the answer, not for the hand-off.
+            fut: Future = Future()
+            with lock:
+                pending.append((named[1] or "?", fut))
+            return AnswerFirst(st.SUCCESS, functools.partial(
+                submit_into, writer, fut, functools.partial(store, req, None, ts)))
 
         handlers.append((evt.EVT_C_STORE, on_store))
     else:

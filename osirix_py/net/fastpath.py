@@ -62,7 +62,7 @@ import queue
 import struct
 import threading
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -1075,6 +1075,38 @@ def store_rsp_command(primitive) -> bytes | None:
         return None
 
 
+_STORE_RSP_MIDDLE = struct.Struct("<HHIHHHIHHHIHHHIH")
+
+
+def store_rsp_pdu(cx: int, msg_id, sop_class, sop_instance, status: int) -> bytes | None:
+    """The P-DATA-TF PDU of a C-STORE response with *status* alone (what
+    :func:`store_rsp_command` + :func:`message_bytes` make of the response
+    primitive), built directly; None for what that path must check (a
+    missing message ID or UID, a UID that is not ASCII)."""
+    if msg_id is None or sop_class is None or sop_instance is None:
+        return None
+    try:
+        cls = str(sop_class).encode("ascii")
+        inst = str(sop_instance).encode("ascii")
+    except UnicodeError:
+        return None
+    if not cls or not inst or not 0 <= int(msg_id) <= 0xFFFF or not 0 <= status <= 0xFFFF:
+        return None
+    if len(cls) & 1:
+        cls += b"\x00"
+    if len(inst) & 1:
+        inst += b"\x00"
+    # (0000,0002), then the four US elements, then (0000,1000): tag order.
+    body = b"".join((
+        struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
+        _STORE_RSP_MIDDLE.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, int(msg_id),
+                               0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status),
+        struct.pack("<HHI", 0, 0x1000, len(inst)), inst))
+    n = len(body) + 12  # the command set, (0000,0000) included
+    return b"".join((struct.pack(">BBIIBB", 0x04, 0, n + 6, n + 2, cx, 0x03),
+                     struct.pack("<HHII", 0, 0, 4, len(body)), body))
+
+
 def find_rsp_command(primitive) -> bytes | None:
     """The command set of a C-FIND response without identifier (the final
     one, or a failure), None when pynetdicom's path is needed."""
@@ -1213,6 +1245,21 @@ def send_pdata(dul, primitive) -> None:
     from the listener: each handover to the DUL thread (a wake-up and a
     thread switch, ~60 us of the sender's time here) was made twice per
     instance, for the store and for the pending response."""
+    if not _write_now(dul, primitive._osx_raw):
+        dul.send_pdu(primitive)
+
+
+def send_raw(dul, cx: int, raw: bytes | list, has_dataset: bool) -> None:
+    """:func:`send_pdata` of already encoded PDUs (*raw*: one message's
+    bytes or pieces, as :func:`raw_pdata` keeps them), the primitive made
+    only when they have to be queued."""
+    if not _write_now(dul, raw):
+        dul.send_pdu(_raw_primitive(cx, raw, has_dataset))
+
+
+def _write_now(dul, raw: bytes | list) -> bool:
+    """Write encoded PDUs *raw* on *dul*'s socket from this thread, if
+    :func:`send_pdata` may (True: written, or Evt17 queued on error)."""
     from pynetdicom import evt
 
     lock = getattr(dul, "_osx_send_lock", None)
@@ -1221,11 +1268,10 @@ def send_pdata(dul, primitive) -> None:
         with lock if lock is not None else contextlib.nullcontext():
             if (not dul.to_provider_queue.queue and dul.event_queue.empty()
                     and dul.state_machine.current_state == "Sta6"):
-                raw = primitive._osx_raw
                 if isinstance(raw, bytes) or not _send_gathered(dul.socket, raw):
                     dul.socket.send(raw if isinstance(raw, bytes) else b"".join(raw))
-                return
-    dul.send_pdu(primitive)
+                return True
+    return False
 
 
 #: Pieces per ``sendmsg`` (the kernel takes at most IOV_MAX, 1024 on Linux).
@@ -1523,15 +1569,45 @@ def part10_head(request, transfer_syntax: str) -> bytes | None:
     cached = getattr(request, "_osx_part10_head", None)
     if cached is not None and cached[0] == transfer_syntax:
         return cached[1]
+    sop_class = str(request.AffectedSOPClassUID).strip()
+    sop_instance = str(request.AffectedSOPInstanceUID).strip()
     try:
-        meta = file_meta_bytes(str(request.AffectedSOPClassUID).strip(),
-                               str(request.AffectedSOPInstanceUID).strip(), transfer_syntax)
+        parts = _head_parts(sop_class, transfer_syntax)
+        inst = _element(0x00020003, "UI", encode_value("UI", sop_instance, "ascii"), False)
     except (EncodeError, UnicodeError):
         head = None
     else:
-        head = b"".join((b"\x00" * 128, b"DICM", meta))
+        # (0002,0000) counts from (0002,0001) on: all but the 12 bytes of itself.
+        head = b"".join((parts[0], struct.pack("<I", parts[2] + len(inst)), parts[1], inst,
+                         parts[3]))
     request._osx_part10_head = (transfer_syntax, head)
     return head
+
+
+#: (SOP Class UID, transfer syntax) -> the constant pieces of a received
+#: instance's Part 10 head (see :func:`_head_parts`).
+_HEAD_PARTS: dict[tuple[str, str], tuple[bytes, bytes, int, bytes]] = {}
+
+
+def _head_parts(sop_class: str, transfer_syntax: str) -> tuple[bytes, bytes, int, bytes]:
+    """What :func:`file_meta_bytes` writes around the SOP Instance UID, for
+    one SOP class and syntax: (preamble + "DICM" + the group length's tag
+    and VR, the elements before the instance UID, the length of all
+    elements but that UID, the elements after it).  Raises EncodeError."""
+    key = (sop_class, transfer_syntax)
+    parts = _HEAD_PARTS.get(key)
+    if parts is None:
+        meta = file_meta_bytes(sop_class, "1", transfer_syntax)
+        # The meta group with the one-character instance UID "1" (padded to
+        # two bytes): split around that element, whose 8-byte header + 2.
+        inst = _element(0x00020003, "UI", b"1\x00", False)
+        at = meta.index(inst)
+        fixed = meta[12:at], meta[at + len(inst):]
+        parts = (b"\x00" * 128 + b"DICM" + meta[:8], fixed[0],
+                 len(fixed[0]) + len(fixed[1]), fixed[1])
+        if len(_HEAD_PARTS) < 1024:
+            _HEAD_PARTS[key] = parts
+    return parts
 
 
 # --------------------------------------------------------------------------- C-STORE SCU
@@ -1904,6 +1980,25 @@ def _no_request_waiting(q: queue.Queue) -> bool:
                    for item in q.queue)
 
 
+class AnswerFirst(NamedTuple):
+    """What a *quick_store* (see :func:`serve_stores_inline`) may return
+    instead of a bare status: answer with *status*, then call *then* (which
+    hands the data set to a writing thread) -- the peer's next store, which
+    waits for the answer, is not kept waiting for that hand-off too."""
+
+    status: int
+    then: Callable[[], None]
+
+
+def _answer(assoc, req, status) -> None:
+    """Send a quick store's status (an ``int`` or :class:`AnswerFirst`)."""
+    if type(status) is AnswerFirst:
+        send_store_status(assoc, req, status.status)
+        status.then()
+    else:
+        send_store_status(assoc, req, status)
+
+
 def serve_stores_inline(assoc, quick_store=None) -> None:
     """Answer the C-STORE requests that arrive on *assoc* (our C-GET's
     sub-operations) on its DUL thread, as each is received.
@@ -1917,10 +2012,10 @@ def serve_stores_inline(assoc, quick_store=None) -> None:
     other message waits in the DIMSE queue (so the order of messages is the
     peer's); the handler must be quick (hand the data to a worker).
 
-    *quick_store(request)*: a status for a request it serves itself, answered
-    with :func:`send_store_status`; None for one it leaves to that usual
-    path (which refuses, for one, a request on a context where we are not
-    the SCP).
+    *quick_store(request)*: a status (or :class:`AnswerFirst`) for a request
+    it serves itself, answered with :func:`send_store_status`; None for one it
+    leaves to that usual path (which refuses, for one, a request on a context
+    where we are not the SCP).
     """
     assoc._osx_inline_store = assoc._c_store_scp
     if quick_store is not None:
@@ -1929,7 +2024,7 @@ def serve_stores_inline(assoc, quick_store=None) -> None:
             if status is None:
                 assoc._c_store_scp(prim)
             else:
-                send_store_status(assoc, prim, status)
+                _answer(assoc, prim, status)
 
         assoc._osx_inline_store = serve
 
@@ -1937,9 +2032,17 @@ def serve_stores_inline(assoc, quick_store=None) -> None:
 def send_store_status(assoc, req, status: int) -> None:
     """Answer C-STORE request *req* on *assoc* with *status* alone: the
     response pynetdicom's C-STORE SCP code builds for a status, without that
-    code and the event around its handler."""
+    code and the event around its handler -- encoded here and written at
+    once (:func:`send_raw`) when nothing listens to the messages sent,
+    otherwise as a primitive through ``send_msg``."""
     from pynetdicom.dimse_primitives import C_STORE
 
+    if _sent_handlers_ignore_store_rsp(assoc):
+        pdu = store_rsp_pdu(req._context_id, req.MessageID, req.AffectedSOPClassUID,
+                            req.AffectedSOPInstanceUID, status)
+        if pdu is not None:
+            send_raw(assoc.dul, req._context_id, pdu, False)
+            return
     rsp = C_STORE()
     rsp.MessageID = rsp.MessageIDBeingRespondedTo = req.MessageID
     rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
@@ -2033,7 +2136,7 @@ def serve_requests_inline(assoc, quick_store=None) -> None:
             if status is None:
                 serve_request(assoc, prim, prim._context_id)
             else:
-                send_store_status(assoc, prim, status)
+                _answer(assoc, prim, status)
         finally:
             lock.release()
             _discard_received(prim)

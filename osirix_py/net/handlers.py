@@ -71,6 +71,7 @@ from ..dicom.tags import LEVELS, UNIQUE_KEYS, Level, attributes_up_to, find_attr
 from ..services.archive import helper_pool
 from ..storage.base import StorageError, StorageFullError
 from .fastpath import (
+    AnswerFirst,
     EncodeError,
     FindResponder,
     PausedSender,
@@ -97,7 +98,7 @@ from .fastpath import (
     split_part10,
     write_stores_as_received,
 )
-from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS
+from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS, submit_into
 from .tcp import NODELAY_HANDLER, install_dul_start_wakeup
 
 log = logging.getLogger(__name__)
@@ -708,12 +709,17 @@ class Handlers:
         ended meanwhile (the caller must then wait for it before
         answering)."""
         fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(store)
+        return None if self._track_early(assoc, req, sop_uid, fut) else fut
+
+    def _track_early(self, assoc, req, sop_uid: str, fut: Future) -> bool:
+        """Attach the early-acknowledged store *fut* to its retrieve (and
+        count it); False when that retrieve has ended meanwhile."""
         if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
                                   req.MoveOriginatorApplicationEntityTitle,
                                   sop_uid, fut, req.MoveOriginatorMessageID, source=id(assoc)):
-            return fut
+            return False
         self._count_for(assoc, "stored")
-        return None
+        return True
 
     def _quick_store(self, assoc):
         """For :func:`serve_requests_inline`: the sub-operations of our own
@@ -744,8 +750,7 @@ class Handlers:
                 # alternating in one process: 109.4 -> 100.7 ms.
                 if uids != command_uids(req):
                     return None
-                fut = self._submit_early(assoc, req, uids[1],
-                                         functools.partial(store_received, req, ts, peer))
+                sop_uid, store = uids[1], functools.partial(store_received, req, ts, peer)
             else:
                 data = part10_of(req, ts)
                 if data is None:
@@ -754,10 +759,15 @@ class Handlers:
                     hdr = checked_header(req, data)
                 except DicomFileError:
                     return None
-                fut = self._submit_early(assoc, req, hdr.sop_instance_uid,
-                                         functools.partial(self._store_early, data, hdr, peer))
-            if fut is None:
-                return st.SUCCESS
+                sop_uid = hdr.sop_instance_uid
+                store = functools.partial(self._store_early, data, hdr, peer)
+            # Answered first, handed to a writing thread after: the PACS's
+            # next store waits for the answer, not for the hand-off.
+            fut: Future = Future()
+            if self._track_early(assoc, req, sop_uid, fut):
+                return AnswerFirst(st.SUCCESS, functools.partial(
+                    submit_into, helper_pool("cmove-store", RETRIEVE_WRITERS), fut, store))
+            fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(store)
             try:  # (the retrieve ended meanwhile: durable first)
                 out = fut.result().result()
             except Exception:  # noqa: BLE001 - stored again the usual way, which says why

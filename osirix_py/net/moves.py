@@ -45,6 +45,26 @@ RETRIEVE_GROUP_WINDOW = 0.01
 RETRIEVE_WRITERS = 2
 
 
+def submit_into(pool, fut: Future, fn: Callable[[], object]) -> None:
+    """Run *fn* on the thread pool *pool*, its result or error going to
+    *fut* (a bare ``Future`` handed out before: a retrieve's pending store,
+    answered before the work is queued); an error queueing it (a pool shut
+    down) goes there too."""
+    try:
+        pool.submit(_run_into, fut, fn)
+    except BaseException as exc:  # noqa: BLE001 - the retrieve reports it
+        fut.set_exception(exc)
+
+
+def _run_into(fut: Future, fn: Callable[[], object]) -> None:
+    try:
+        result = fn()
+    except BaseException as exc:  # noqa: BLE001 - the retrieve reports it
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
 @dataclass
 class Expectation:
     source_ae: str

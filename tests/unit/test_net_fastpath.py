@@ -48,6 +48,42 @@ def test_store_rsp_command_matches_pynetdicom(status, comment):
     assert fastpath.store_rsp_command(rsp) == _pynetdicom_command(C_STORE_RSP, rsp)
 
 
+@pytest.mark.parametrize("inst", ["1.2.826.0.1.3680043.8.498.123", "1.2.826.0.1.3680043.8.498.1234"])
+@pytest.mark.parametrize("status,msg_id", [(0x0000, 1), (0xA900, 65535), (0xC000, 300)])
+def test_store_rsp_pdu_is_the_pdu_pynetdicom_sends(status, msg_id, inst):
+    from pynetdicom.pdu import P_DATA_TF
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = msg_id
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = inst
+    rsp.Status = status
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    expected = b"".join(P_DATA_TF(p).encode() for p in msg.encode_msg(7, 0))
+    assert fastpath.store_rsp_pdu(7, msg_id, CT, inst, status) == expected
+    # What cannot be encoded here is left to that general path.
+    assert fastpath.store_rsp_pdu(7, None, CT, inst, status) is None
+    assert fastpath.store_rsp_pdu(7, msg_id, CT, "1.2.\u00e9", status) is None
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
+@pytest.mark.parametrize("inst", ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498.99887766554433221"])
+def test_part10_head_is_preamble_dicm_and_the_file_meta(ts, inst):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    req = C_STORE()
+    req.AffectedSOPClassUID = CT
+    req.AffectedSOPInstanceUID = inst
+    meta = encode_file_meta(create_file_meta(sop_class_uid=CT, sop_instance_uid=inst,
+                                             transfer_syntax=ts))
+    assert fastpath.part10_head(req, ts) == b"\x00" * 128 + b"DICM" + meta
+    twin = C_STORE()  # (the constant parts come from a cache the second time)
+    twin.AffectedSOPClassUID = CT
+    twin.AffectedSOPInstanceUID = inst
+    assert fastpath.part10_head(twin, ts) == b"\x00" * 128 + b"DICM" + meta
+
+
 def test_find_rsp_command_matches_pynetdicom():
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = 7
@@ -650,6 +686,23 @@ def _store_rq_pdvs(cx: int, sop_instance: str, data: bytes) -> list:
     return [(cx, b"\x03" + cmd), (cx, b"\x00" + data[:10]), (cx, b"\x02" + data[10:])]
 
 
+def _decoded_response(raw: bytes):
+    """(primitive, context ID) of one encoded DIMSE message without data set,
+    decoded by pynetdicom."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    pdu = P_DATA_TF()
+    pdu.decode(raw)
+    prim = P_DATA()
+    prim.presentation_data_value_list = [[item.presentation_context_id, item.presentation_data_value]
+                                         for item in pdu.presentation_data_value_items]
+    msg = C_STORE_RSP()
+    assert msg.decode_msg(prim)
+    return msg.message_to_primitive(), msg.context_id
+
+
 def _receiving_assoc(served: list, sent: list | None = None):
     """A stand-in for an association that receives C-STORE requests on the
     fast path (context 3: explicit VR little endian): pynetdicom's C-STORE
@@ -670,8 +723,16 @@ def _receiving_assoc(served: list, sent: list | None = None):
         def send_msg(self, rsp, cx):
             (sent if sent is not None else []).append((rsp, cx))
 
+    class _Dul:  # (no socket: what is sent is queued, as encoded PDUs)
+        socket = None
+        ident = None
+
+        def send_pdu(self, primitive):
+            (sent if sent is not None else []).append(_decoded_response(primitive._osx_raw))
+
     assoc = _Assoc()
     assoc.dimse = _Dimse(assoc)
+    assoc.dul = _Dul()
     assoc._c_store_scp = served.append
     assoc._accepted_cx = {3: SimpleNamespace(transfer_syntax=["1.2.840.10008.1.2.1"])}
     return assoc
@@ -763,6 +824,22 @@ def test_quick_store_answers_at_once_and_leaves_the_join_to_another_thread():
     assert stream.getvalue() == data
     assert stream.read(3) == data[:3]  # touched as a stream: no longer "as received"
     assert not fastpath.received_later(req, ts)
+
+
+def test_quick_store_may_answer_before_handing_the_data_set_over():
+    """AnswerFirst(status, then): the response goes out first, then *then*
+    runs (on the same thread), which sees it sent."""
+    sent, served, order = [], [], []
+
+    def quick(req):
+        return fastpath.AnswerFirst(0x0000, lambda: order.append(len(sent)))
+
+    assoc = _receiving_assoc(served, sent)
+    fastpath.serve_stores_inline(assoc, quick)
+    fastpath.receive_pdvs(assoc, _store_rq_pdvs(3, "1.2.3.5", bytes(range(40))))
+    assert served == [] and order == [1]
+    (rsp, cx), = sent
+    assert (cx, rsp.Status, rsp.AffectedSOPInstanceUID) == (3, 0x0000, "1.2.3.5")
 
 
 def test_uid_cache_gives_what_set_uid_gives_and_still_refuses_bad_uids():

@@ -54,3 +54,22 @@ def test_the_association_a_retrieves_stores_came_on_closing_tells_that_retrieve(
         assert told == ["a"]
     moves.source_closed(202)  # (b has ended)
     assert told == ["a"]
+
+
+def test_submit_into_gives_the_work_s_result_or_error_to_the_future_handed_out():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from osirix_py.net.moves import submit_into
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    with ThreadPoolExecutor(1) as pool:
+        done, failed = Future(), Future()
+        submit_into(pool, done, lambda: 42)
+        submit_into(pool, failed, fail)
+        assert done.result(5) == 42
+        assert isinstance(failed.exception(5), OSError)
+    late = Future()  # the pool is shut down: the future still ends, with why
+    submit_into(pool, late, lambda: 42)
+    assert isinstance(late.exception(0), RuntimeError)
