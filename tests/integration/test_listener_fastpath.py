@@ -235,11 +235,32 @@ def test_c_find_answers_are_identical_with_and_without_the_fast_path(runtime, sc
     assert fast == slow
 
 
-def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+def _c_move_series(runtime, scu, series, dest_ae: str, on_store, *, calling: str = "TESTSCU",
+                   msg_id: int = 1) -> list:
+    """C-MOVE *series* from the listener (as *calling*, message *msg_id*) to a
+    pynetdicom storage SCP titled *dest_ae* (added to the nodes) whose C-STORE
+    handler is *on_store*; the responses' statuses."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as Move
 
     from osirix_py.services.nodes import Node
 
+    ae = AE(ae_title=dest_ae)
+    ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        runtime.nodes.add(Node(name=dest_ae.lower(), ae_title=dest_ae, host="127.0.0.1",
+                               port=server.server_address[1]), replace=True)
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "SERIES"
+        ident.StudyInstanceUID = series[0].StudyInstanceUID
+        ident.SeriesInstanceUID = series[0].SeriesInstanceUID
+        with scu(runtime.listener_port, [build_context(Move)], calling=calling) as assoc:
+            return [s for s, _ in assoc.send_c_move(ident, dest_ae, Move, msg_id=msg_id)]
+    finally:
+        ae.shutdown()
+
+
+def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
     series = _ct(5, patient_id="MOVEBYTES")
     with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
         for ds in series:
@@ -255,27 +276,13 @@ def test_c_move_sends_the_stored_bytes_with_the_originator(runtime, scu):
                 req.MoveOriginatorMessageID)
         return 0x0000
 
-    ae = AE(ae_title="MOVEDEST")
-    ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        runtime.nodes.add(Node(name="movedest", ae_title="MOVEDEST", host="127.0.0.1",
-                               port=server.server_address[1]), replace=True)
-        ident = Dataset()
-        ident.QueryRetrieveLevel = "SERIES"
-        ident.StudyInstanceUID = series[0].StudyInstanceUID
-        ident.SeriesInstanceUID = series[0].SeriesInstanceUID
-        model = StudyRootQueryRetrieveInformationModelMove
-        with scu(runtime.listener_port, [build_context(model)], calling="MOVER") as assoc:
-            rsps = [s for s, _ in assoc.send_c_move(ident, "MOVEDEST", model, msg_id=11)]
-        assert rsps[-1].Status == st.SUCCESS
-        assert rsps[-1].NumberOfCompletedSuboperations == 5
-        # Pending responses: the first at once, then at most one per
-        # PENDING_INTERVAL (they are optional); the final one has the totals.
-        assert 1 <= len(rsps[:-1]) <= 5
-        assert all(r.Status == st.PENDING for r in rsps[:-1])
-    finally:
-        ae.shutdown()
+    rsps = _c_move_series(runtime, scu, series, "MOVEDEST", on_store, calling="MOVER", msg_id=11)
+    assert rsps[-1].Status == st.SUCCESS
+    assert rsps[-1].NumberOfCompletedSuboperations == 5
+    # Pending responses: the first at once, then at most one per
+    # PENDING_INTERVAL (they are optional); the final one has the totals.
+    assert 1 <= len(rsps[:-1]) <= 5
+    assert all(r.Status == st.PENDING for r in rsps[:-1])
     assert len(received) == 5
     for uid, (data_set, originator, originator_id) in received.items():
         stored = _stored_bytes(runtime, uid)
@@ -290,12 +297,6 @@ def test_the_next_instance_is_read_while_the_peer_stores_this_one(runtime, scu, 
     still holds instance k unanswered (its store cycle no longer includes
     our file read); nothing is read beyond the last, every instance arrives
     once with its stored bytes, and the retrieve succeeds."""
-    from pynetdicom.sop_class import (
-        StudyRootQueryRetrieveInformationModelMove as Move,
-    )
-
-    from osirix_py.services.nodes import Node
-
     series = _ct(4, patient_id="READAHEAD" + op[2:])
     with scu(runtime.listener_port, [build_context(CTImageStorage, ImplicitVRLittleEndian)]) as assoc:
         for ds in series:
@@ -329,23 +330,9 @@ def test_the_next_instance_is_read_while_the_peer_stores_this_one(runtime, scu, 
         statuses = _c_get_series(runtime, scu, series, ImplicitVRLittleEndian, on_store)
         assert statuses[-1] == st.SUCCESS
     else:
-        ae = AE(ae_title="AHEADDEST")
-        ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian])
-        server = ae.start_server(("127.0.0.1", 0), block=False,
-                                 evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        try:
-            runtime.nodes.add(Node(name="aheaddest", ae_title="AHEADDEST", host="127.0.0.1",
-                                   port=server.server_address[1]), replace=True)
-            ident = Dataset()
-            ident.QueryRetrieveLevel = "SERIES"
-            ident.StudyInstanceUID = series[0].StudyInstanceUID
-            ident.SeriesInstanceUID = series[0].SeriesInstanceUID
-            with scu(runtime.listener_port, [build_context(Move)]) as assoc:
-                rsps = [s for s, _ in assoc.send_c_move(ident, "AHEADDEST", Move)]
-            assert rsps[-1].Status == st.SUCCESS
-            assert rsps[-1].NumberOfCompletedSuboperations == 4
-        finally:
-            ae.shutdown()
+        rsps = _c_move_series(runtime, scu, series, "AHEADDEST", on_store)
+        assert rsps[-1].Status == st.SUCCESS
+        assert rsps[-1].NumberOfCompletedSuboperations == 4
     n = len(series)
     assert [uid for uid, _ in seen] == reads  # each read once, sent in that order
     for k, (uid, read_so_far) in enumerate(seen, start=1):
