@@ -783,11 +783,14 @@ def message_parts(cx: int, command: bytes, dataset: bytes | None, max_pdu: int) 
             parts.append(data)
             return
         view = memoryview(data)
-        for i in range(0, n, step):
-            chunk = view[i:i + step]
-            m = len(chunk)
-            parts.append(_PDU_PDV.pack(4, 0, m + 6, m + 2, cx, last if i + step >= n else more))
-            parts.append(chunk)
+        chunks = [view[i:i + step] for i in range(0, n, step)]
+        m = len(chunks[-1])
+        # (Every PDU but the last has the same header: 32 of them for a 512 KB
+        # image to a 16 KB peer.)
+        pieces: list = [_PDU_PDV.pack(4, 0, step + 6, step + 2, cx, more)] * (2 * len(chunks))
+        pieces[-2] = _PDU_PDV.pack(4, 0, m + 6, m + 2, cx, last)
+        pieces[1::2] = chunks
+        parts.extend(pieces)
 
     frags(command, 0x01, 0x03)
     if dataset:
@@ -975,6 +978,20 @@ def split_part10(data: bytes) -> tuple[str, str, str, int]:
     return found[0x0002], found[0x0003], found[0x0010], pos
 
 
+#: transfer syntax UID -> (implicit VR, little endian, deflated)
+_SYNTAX_FLAGS: dict[str, tuple[bool, bool, bool]] = {}
+
+
+def _syntax_flags(ts: str) -> tuple[bool, bool, bool]:
+    flags = _SYNTAX_FLAGS.get(ts)
+    if flags is None:
+        uid = UID(ts)
+        flags = (uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated)
+        if len(_SYNTAX_FLAGS) < 256:
+            _SYNTAX_FLAGS[ts] = flags
+    return flags
+
+
 class StoredInstance(Dataset):
     """A data set to yield from a C-GET/C-MOVE handler: the UIDs pynetdicom
     needs, plus the stored file's bytes (sent as they are by the encode hook)."""
@@ -993,6 +1010,8 @@ class StoredInstance(Dataset):
         self.file_meta = meta
         object.__setattr__(self, "_osx_file", data)
         object.__setattr__(self, "_osx_offset", offset)
+        # (What a sender reads per instance, without the Dataset lookups.)
+        object.__setattr__(self, "_osx_uids", (str(sop_class), str(sop_instance), str(ts)))
 
     @classmethod
     def from_file(cls, data: bytes) -> "StoredInstance":
@@ -1002,12 +1021,18 @@ class StoredInstance(Dataset):
     def encoded_for(self, implicit: bool, little: bool, deflated: bool) -> memoryview | None:
         """The stored data set bytes when they are already in that encoding
         (a view into the file's bytes, not a copy)."""
-        ts = UID(str(self.file_meta.TransferSyntaxUID))
-        if deflated or ts.is_deflated:
+        ts_implicit, ts_little, ts_deflated = _syntax_flags(self._osx_uids[2])
+        if deflated or ts_deflated:
             return None
-        if ts.is_implicit_VR == implicit and ts.is_little_endian == little:
+        if ts_implicit == implicit and ts_little == little:
             return memoryview(self._osx_file)[self._osx_offset:]
         return None
+
+    def as_stored(self) -> memoryview | None:
+        """The stored data set bytes, to send in the stored syntax (None for a
+        deflated one: pynetdicom's path re-encodes it)."""
+        return None if _syntax_flags(self._osx_uids[2])[2] else \
+            memoryview(self._osx_file)[self._osx_offset:]
 
     def full(self) -> Dataset:
         """The whole instance parsed (for a re-encoding to another syntax)."""
@@ -1163,30 +1188,57 @@ def retrieve_pending_command(primitive, command_field: int) -> bytes | None:
 
 def store_rq_command(primitive) -> bytes | None:
     """The encoded command set of a C-STORE request primitive (None: use pynetdicom)."""
-    from pynetdicom import _config
-
     if primitive.MessageID is None or primitive.AffectedSOPClassUID is None \
             or primitive.AffectedSOPInstanceUID is None or primitive.Priority is None:
         return None
-    elements: list[tuple[int, str, object]] = [
-        (0x00000002, "UI", str(primitive.AffectedSOPClassUID)),
-        (0x00000100, "US", 0x0001),
-        (0x00000110, "US", int(primitive.MessageID)),
-        (0x00000700, "US", int(primitive.Priority)),
-        (0x00000800, "US", _DATASET_PRESENT),
-        (0x00001000, "UI", str(primitive.AffectedSOPInstanceUID)),
-    ]
-    aet = primitive.MoveOriginatorApplicationEntityTitle
-    if aet:
-        if not _config.USE_SHORT_DIMSE_AET:
-            return None
-        elements.append((0x00001030, "AE", str(aet).strip()))
-    if primitive.MoveOriginatorMessageID is not None:
-        elements.append((0x00001031, "US", int(primitive.MoveOriginatorMessageID)))
-    try:
-        return command_set(elements)
-    except EncodeError:
+    return store_rq_bytes(int(primitive.MessageID), primitive.AffectedSOPClassUID,
+                          primitive.AffectedSOPInstanceUID, int(primitive.Priority),
+                          primitive.MoveOriginatorApplicationEntityTitle or None,
+                          primitive.MoveOriginatorMessageID)
+
+
+#: (0000,0100) to (0000,0800) of a C-STORE request: four US elements.
+_STORE_RQ_MIDDLE = struct.Struct("<HHIHHHIHHHIHHHIH")
+
+
+def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
+                   originator_aet: str | None = None, originator_id=None) -> bytes | None:
+    """What :func:`store_rq_command` encodes for a request primitive with
+    these values, encoded from the values themselves (the primitive's
+    setters check each UID with a regular expression); None for anything
+    the primitive must check or refuse (then build it)."""
+    from pynetdicom import _config
+
+    if (type(msg_id) is not int or not 0 <= msg_id <= 0xFFFF or priority not in (0, 1, 2)
+            or (originator_id is not None
+                and (type(originator_id) is not int or not 0 <= originator_id <= 0xFFFF))):
         return None
+    try:
+        cls = str(sop_class).encode("ascii")
+        inst = str(sop_instance).encode("ascii")
+    except UnicodeError:
+        return None
+    if not cls or not inst:
+        return None
+    cls += b"\x00" if len(cls) & 1 else b""
+    inst += b"\x00" if len(inst) & 1 else b""
+    tail = b""
+    if originator_aet is not None:
+        aet = str(originator_aet).strip()
+        if (not _config.USE_SHORT_DIMSE_AET or not aet or len(aet) > 16 or not aet.isascii()
+                or not aet.isprintable() or "\\" in aet):
+            return None
+        raw = aet.encode("ascii")
+        raw += b" " if len(raw) & 1 else b""
+        tail = struct.pack("<HHI", 0, 0x1030, len(raw)) + raw
+    if originator_id is not None:
+        tail += struct.pack("<HHIH", 0, 0x1031, 2, originator_id)
+    body = b"".join((
+        struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
+        _STORE_RQ_MIDDLE.pack(0, 0x0100, 2, 0x0001, 0, 0x0110, 2, msg_id, 0, 0x0700, 2, priority,
+                              0, 0x0800, 2, _DATASET_PRESENT),
+        struct.pack("<HHI", 0, 0x1000, len(inst)), inst, tail))
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
 def _sent_handlers_ignore_store_rsp(assoc) -> bool:
@@ -1297,6 +1349,9 @@ def _send_gathered(transport, parts: list) -> bool:
         while i < n:
             batch = parts[i:i + _GATHER_MAX]
             sent = sock.sendmsg(batch)
+            if sent == sum(map(len, batch)):
+                i += len(batch)
+                continue
             for piece in batch:  # (a partial send: go on from where it stopped)
                 size = len(piece)
                 if sent < size:
@@ -1678,8 +1733,8 @@ class PausedSender:
 
     def context_for(self, inst: StoredInstance):
         """The accepted context in the instance's own syntax (ValueError: none)."""
-        ts = str(inst.file_meta.TransferSyntaxUID)
-        return self.assoc._get_valid_context(inst.SOPClassUID, ts, "scu", allow_conversion=False)
+        sop_class, _inst, ts = inst._osx_uids
+        return self.assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
 
     def store(self, inst: StoredInstance, *, msg_id: int, priority: int = 2,
               originator_aet: str | None = None, originator_id: int | None = None,
@@ -1692,27 +1747,32 @@ class PausedSender:
         if not assoc.is_established:
             raise RuntimeError("the association is not established")
         cx = context or self.context_for(inst)
-        ts = UID(str(inst.file_meta.TransferSyntaxUID))
-        raw = inst.encoded_for(ts.is_implicit_VR, ts.is_little_endian, False)
+        raw = inst.as_stored()
         if raw is None:
             raise ValueError("the stored instance is not in its context's syntax")
-        req = C_STORE()
-        req.MessageID = msg_id
-        req.Priority = priority
-        req.AffectedSOPClassUID = inst.SOPClassUID
-        req.AffectedSOPInstanceUID = inst.SOPInstanceUID
-        if originator_aet is not None:
-            req.MoveOriginatorApplicationEntityTitle = originator_aet
-        if originator_id is not None:
-            req.MoveOriginatorMessageID = originator_id
-        self.pause()
-        cmd = store_rq_command(req) if _sent_handlers_ignore_store_rsp(assoc) else None
-        if cmd is not None:
-            # Straight to the DUL: the file's data set bytes, one copy.
-            send_pdata(assoc.dul, raw_pdata(int(cx.context_id), cmd, raw,
-                                         int(assoc.dimse.maximum_pdu_size or 0)))
-        else:
+        sop_class, sop_instance, _ts = inst._osx_uids
+        cmd = store_rq_bytes(msg_id, sop_class, sop_instance, priority,
+                             originator_aet, originator_id) \
+            if _sent_handlers_ignore_store_rsp(assoc) else None
+        if cmd is None:
+            # (pynetdicom's own path, whose primitive checks what was given)
+            req = C_STORE()
+            req.MessageID = msg_id
+            req.Priority = priority
+            req.AffectedSOPClassUID = inst.SOPClassUID
+            req.AffectedSOPInstanceUID = inst.SOPInstanceUID
+            if originator_aet is not None:
+                req.MoveOriginatorApplicationEntityTitle = originator_aet
+            if originator_id is not None:
+                req.MoveOriginatorMessageID = originator_id
             req.DataSet = io.BytesIO(raw)
+        self.pause()
+        if cmd is not None:
+            # Straight to the DUL: the file's data set bytes, as they are.
+            cx_id = int(cx.context_id)
+            send_raw(assoc.dul, cx_id, message_parts(cx_id, cmd, raw,
+                                                     int(assoc.dimse.maximum_pdu_size or 0)), True)
+        else:
             assoc.dimse.send_msg(req, cx.context_id)
         if self.after_send is not None:
             self.after_send()
@@ -1742,7 +1802,7 @@ class ReactorThreadSender(PausedSender):
         pass
 
     def context_for(self, inst: StoredInstance):
-        key = (str(inst.SOPClassUID), str(inst.file_meta.TransferSyntaxUID))
+        key = (inst._osx_uids[0], inst._osx_uids[2])
         cx = self._contexts.get(key)
         if cx is None:
             cx = self._contexts[key] = super().context_for(inst)

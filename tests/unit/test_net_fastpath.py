@@ -355,6 +355,7 @@ def test_stored_instance_sends_the_stored_bytes(tmp_path):
     ts = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
     raw = inst.encoded_for(ts.is_implicit_VR, ts.is_little_endian, False)
     assert raw is not None and data.endswith(raw)
+    assert inst.as_stored() == raw  # (what a sender sends in the stored syntax)
     assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == inst.SOPInstanceUID
     # The other little endian encoding: parsed and re-encoded by pydicom.
     assert inst.encoded_for(not ts.is_implicit_VR, True, False) is None
@@ -385,6 +386,31 @@ def test_store_rq_command_matches_pynetdicom(originator):
         rq.MoveOriginatorMessageID = 9
     rq.DataSet = io.BytesIO(b"\0\0")
     assert fastpath.store_rq_command(rq) == _pynetdicom_command(C_STORE_RQ, rq)
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVER", 9), ("OSIRIXPY", 65535)])
+@pytest.mark.parametrize("inst,msg_id,priority", [("1.2.826.0.1.3680043.8.498.1", 1, 2),
+                                                  ("1.2.826.0.1.3680043.8.498.12", 65535, 0)])
+def test_store_rq_bytes_are_what_pynetdicom_encodes_for_those_values(inst, msg_id, priority,
+                                                                     originator):
+    from pynetdicom.dimse_messages import C_STORE_RQ
+
+    rq = C_STORE()
+    rq.MessageID = msg_id
+    rq.Priority = priority
+    rq.AffectedSOPClassUID = CT
+    rq.AffectedSOPInstanceUID = inst
+    if originator:
+        rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID = originator
+    rq.DataSet = io.BytesIO(b"\0\0")
+    aet, aet_id = originator or (None, None)
+    assert fastpath.store_rq_bytes(msg_id, CT, inst, priority, aet, aet_id) \
+        == _pynetdicom_command(C_STORE_RQ, rq)
+    # What the primitive must check is left to it.
+    assert fastpath.store_rq_bytes(65536, CT, inst, priority) is None
+    assert fastpath.store_rq_bytes(msg_id, CT, inst, 3) is None
+    assert fastpath.store_rq_bytes(msg_id, CT, inst, priority, "A" * 17, 1) is None
+    assert fastpath.store_rq_bytes(msg_id, CT, "1.2.\u00e9", priority) is None
 
 
 @pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
