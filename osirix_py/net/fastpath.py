@@ -1100,7 +1100,23 @@ def store_rsp_command(primitive) -> bytes | None:
         return None
 
 
-_STORE_RSP_MIDDLE = struct.Struct("<HHIHHHIHHHIHHHIH")
+#: Four US elements of a command set, tag by tag: (group, element, length 2, value) x 4.
+_FOUR_US = struct.Struct("<HHIHHHIHHHIHHHIH")
+
+
+def _uid_values(sop_class, sop_instance) -> tuple[bytes, bytes] | None:
+    """The two UIDs of a C-STORE command as encoded values (ASCII, padded
+    to even length); None when either is missing, empty or not ASCII."""
+    if sop_class is None or sop_instance is None:
+        return None
+    try:
+        cls = str(sop_class).encode("ascii")
+        inst = str(sop_instance).encode("ascii")
+    except UnicodeError:
+        return None
+    if not cls or not inst:
+        return None
+    return (cls + b"\x00" if len(cls) & 1 else cls), (inst + b"\x00" if len(inst) & 1 else inst)
 
 
 def store_rsp_pdu(cx: int, msg_id, sop_class, sop_instance, status: int) -> bytes | None:
@@ -1108,24 +1124,16 @@ def store_rsp_pdu(cx: int, msg_id, sop_class, sop_instance, status: int) -> byte
     :func:`store_rsp_command` + :func:`message_bytes` make of the response
     primitive), built directly; None for what that path must check (a
     missing message ID or UID, a UID that is not ASCII)."""
-    if msg_id is None or sop_class is None or sop_instance is None:
+    uids = _uid_values(sop_class, sop_instance)
+    if uids is None or msg_id is None or not 0 <= int(msg_id) <= 0xFFFF \
+            or not 0 <= status <= 0xFFFF:
         return None
-    try:
-        cls = str(sop_class).encode("ascii")
-        inst = str(sop_instance).encode("ascii")
-    except UnicodeError:
-        return None
-    if not cls or not inst or not 0 <= int(msg_id) <= 0xFFFF or not 0 <= status <= 0xFFFF:
-        return None
-    if len(cls) & 1:
-        cls += b"\x00"
-    if len(inst) & 1:
-        inst += b"\x00"
+    cls, inst = uids
     # (0000,0002), then the four US elements, then (0000,1000): tag order.
     body = b"".join((
         struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
-        _STORE_RSP_MIDDLE.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, int(msg_id),
-                               0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status),
+        _FOUR_US.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, int(msg_id),
+                      0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status),
         struct.pack("<HHI", 0, 0x1000, len(inst)), inst))
     n = len(body) + 12  # the command set, (0000,0000) included
     return b"".join((struct.pack(">BBIIBB", 0x04, 0, n + 6, n + 2, cx, 0x03),
@@ -1197,10 +1205,6 @@ def store_rq_command(primitive) -> bytes | None:
                           primitive.MoveOriginatorMessageID)
 
 
-#: (0000,0100) to (0000,0800) of a C-STORE request: four US elements.
-_STORE_RQ_MIDDLE = struct.Struct("<HHIHHHIHHHIHHHIH")
-
-
 def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
                    originator_aet: str | None = None, originator_id=None) -> bytes | None:
     """What :func:`store_rq_command` encodes for a request primitive with
@@ -1213,15 +1217,10 @@ def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
             or (originator_id is not None
                 and (type(originator_id) is not int or not 0 <= originator_id <= 0xFFFF))):
         return None
-    try:
-        cls = str(sop_class).encode("ascii")
-        inst = str(sop_instance).encode("ascii")
-    except UnicodeError:
+    uids = _uid_values(sop_class, sop_instance)
+    if uids is None:
         return None
-    if not cls or not inst:
-        return None
-    cls += b"\x00" if len(cls) & 1 else b""
-    inst += b"\x00" if len(inst) & 1 else b""
+    cls, inst = uids
     tail = b""
     if originator_aet is not None:
         aet = str(originator_aet).strip()
@@ -1235,8 +1234,8 @@ def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
         tail += struct.pack("<HHIH", 0, 0x1031, 2, originator_id)
     body = b"".join((
         struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
-        _STORE_RQ_MIDDLE.pack(0, 0x0100, 2, 0x0001, 0, 0x0110, 2, msg_id, 0, 0x0700, 2, priority,
-                              0, 0x0800, 2, _DATASET_PRESENT),
+        _FOUR_US.pack(0, 0x0100, 2, 0x0001, 0, 0x0110, 2, msg_id, 0, 0x0700, 2, priority,
+                      0, 0x0800, 2, _DATASET_PRESENT),
         struct.pack("<HHI", 0, 0x1000, len(inst)), inst, tail))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
