@@ -1125,14 +1125,14 @@ def store_rsp_pdu(cx: int, msg_id, sop_class, sop_instance, status: int) -> byte
     primitive), built directly; None for what that path must check (a
     missing message ID or UID, a UID that is not ASCII)."""
     uids = _uid_values(sop_class, sop_instance)
-    if uids is None or msg_id is None or not 0 <= int(msg_id) <= 0xFFFF \
-            or not 0 <= status <= 0xFFFF:
+    if (uids is None or type(msg_id) is not int or not 0 <= msg_id <= 0xFFFF
+            or type(status) is not int or not 0 <= status <= 0xFFFF):
         return None
     cls, inst = uids
     # (0000,0002), then the four US elements, then (0000,1000): tag order.
     body = b"".join((
         struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
-        _FOUR_US.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, int(msg_id),
+        _FOUR_US.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, msg_id,
                       0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status),
         struct.pack("<HHI", 0, 0x1000, len(inst)), inst))
     n = len(body) + 12  # the command set, (0000,0000) included

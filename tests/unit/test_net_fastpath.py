@@ -64,6 +64,7 @@ def test_store_rsp_pdu_is_the_pdu_pynetdicom_sends(status, msg_id, inst):
     assert fastpath.store_rsp_pdu(7, msg_id, CT, inst, status) == expected
     # What cannot be encoded here is left to that general path.
     assert fastpath.store_rsp_pdu(7, None, CT, inst, status) is None
+    assert fastpath.store_rsp_pdu(7, msg_id, CT, inst, 0x10000) is None
     assert fastpath.store_rsp_pdu(7, msg_id, CT, "1.2.\u00e9", status) is None
 
 
