@@ -868,8 +868,17 @@ def install_raw_pdata() -> None:
 
 def command_set(elements: list[tuple[int, str, object]]) -> bytes:
     """An implicit VR little endian command set with its (0000,0000) group length."""
-    body = encode_elements(elements, None, True)
-    return _element(0x00000000, "UL", struct.pack("<I", len(body)), True) + body
+    return _with_group_length(encode_elements(elements, None, True))
+
+
+#: (0000,0000) Command Group Length: tag, value length 4, the value.
+_GROUP_LENGTH = struct.Struct("<HHII")
+
+
+def _with_group_length(body: bytes) -> bytes:
+    """The encoded elements *body* of a command set (implicit VR little
+    endian) preceded by its (0000,0000) Command Group Length."""
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
 
 
 # --------------------------------------------------------------------------- C-FIND
@@ -1102,6 +1111,17 @@ def store_rsp_command(primitive) -> bytes | None:
 
 #: Four US elements of a command set, tag by tag: (group, element, length 2, value) x 4.
 _FOUR_US = struct.Struct("<HHIHHHIHHHIHHHIH")
+#: An implicit VR element's header: group, element, value length.
+_ELEMENT_HEADER = struct.Struct("<HHI")
+
+
+def _store_command(cls: bytes, inst: bytes, us: bytes, tail: bytes = b"") -> bytes:
+    """A C-STORE command set: (0000,0002) *cls*, the encoded US elements *us*
+    (:data:`_FOUR_US`), (0000,1000) *inst* (encoded values, see
+    :func:`_uid_values`), then the encoded elements *tail* (tags above
+    (0000,1000)), with its group length."""
+    return _with_group_length(b"".join((_ELEMENT_HEADER.pack(0, 0x0002, len(cls)), cls, us,
+                                        _ELEMENT_HEADER.pack(0, 0x1000, len(inst)), inst, tail)))
 
 
 def _uid_values(sop_class, sop_instance) -> tuple[bytes, bytes] | None:
@@ -1128,16 +1148,9 @@ def store_rsp_pdu(cx: int, msg_id, sop_class, sop_instance, status: int) -> byte
     if (uids is None or type(msg_id) is not int or not 0 <= msg_id <= 0xFFFF
             or type(status) is not int or not 0 <= status <= 0xFFFF):
         return None
-    cls, inst = uids
-    # (0000,0002), then the four US elements, then (0000,1000): tag order.
-    body = b"".join((
-        struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
-        _FOUR_US.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, msg_id,
-                      0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status),
-        struct.pack("<HHI", 0, 0x1000, len(inst)), inst))
-    n = len(body) + 12  # the command set, (0000,0000) included
-    return b"".join((struct.pack(">BBIIBB", 0x04, 0, n + 6, n + 2, cx, 0x03),
-                     struct.pack("<HHII", 0, 0, 4, len(body)), body))
+    cmd = _store_command(*uids, _FOUR_US.pack(0, 0x0100, 2, _C_STORE_RSP, 0, 0x0120, 2, msg_id,
+                                              0, 0x0800, 2, _NO_DATASET, 0, 0x0900, 2, status))
+    return _PDU_PDV.pack(4, 0, len(cmd) + 6, len(cmd) + 2, cx, 0x03) + cmd
 
 
 def find_rsp_command(primitive) -> bytes | None:
@@ -1220,7 +1233,6 @@ def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
     uids = _uid_values(sop_class, sop_instance)
     if uids is None:
         return None
-    cls, inst = uids
     tail = b""
     if originator_aet is not None:
         aet = str(originator_aet).strip()
@@ -1229,15 +1241,12 @@ def store_rq_bytes(msg_id, sop_class, sop_instance, priority: int = 2,
             return None
         raw = aet.encode("ascii")
         raw += b" " if len(raw) & 1 else b""
-        tail = struct.pack("<HHI", 0, 0x1030, len(raw)) + raw
+        tail = _ELEMENT_HEADER.pack(0, 0x1030, len(raw)) + raw
     if originator_id is not None:
         tail += struct.pack("<HHIH", 0, 0x1031, 2, originator_id)
-    body = b"".join((
-        struct.pack("<HHI", 0, 0x0002, len(cls)), cls,
-        _FOUR_US.pack(0, 0x0100, 2, 0x0001, 0, 0x0110, 2, msg_id, 0, 0x0700, 2, priority,
-                      0, 0x0800, 2, _DATASET_PRESENT),
-        struct.pack("<HHI", 0, 0x1000, len(inst)), inst, tail))
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+    return _store_command(*uids, _FOUR_US.pack(0, 0x0100, 2, 0x0001, 0, 0x0110, 2, msg_id,
+                                               0, 0x0700, 2, priority, 0, 0x0800, 2, _DATASET_PRESENT),
+                          tail)
 
 
 def _sent_handlers_ignore_store_rsp(assoc) -> bool:
@@ -1528,11 +1537,11 @@ def received_uids(req, transfer_syntax: str) -> tuple[str, str] | None:
     :func:`~osirix_py.dicom.fastheader.peek_sop_uids`); otherwise None."""
     if not received_later(req, transfer_syntax):
         return None
-    ts = UID(transfer_syntax)
+    implicit, little, deflated = _syntax_flags(transfer_syntax)
     pieces = req.DataSet._pieces  # noqa: SLF001 - (head, fragments...)
-    if len(pieces) < 2 or not ts.is_little_endian or ts.is_deflated:
+    if len(pieces) < 2 or not little or deflated:
         return None
-    return peek_sop_uids(pieces[1], ts.is_implicit_VR)
+    return peek_sop_uids(pieces[1], implicit)
 
 
 def part10_of(req, transfer_syntax: str) -> bytes | None:
