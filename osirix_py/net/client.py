@@ -350,7 +350,8 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             # Parsing and writing happen on a worker thread so that the next
             # sub-operation can arrive meanwhile; a failure there is reported
             # per instance at the end (FailedSOPInstanceUIDList-like).
-            return submit(event.request, data)
+            attach(event.request, data)()
+            return st.SUCCESS
 
         def store(req, data, ts=None):
             if data is None:  # (the request's bytes, joined here)
@@ -362,12 +363,15 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                                         name=f"C-GET from {node.ae_title}", header=hdr,
                                         window=RETRIEVE_GROUP_WINDOW)
 
-        def submit(req, data, ts=None) -> int:
+        def attach(req, data, ts=None) -> Callable[[], None]:
+            # The store counted in the retrieve; the call that hands it to a
+            # writing thread.
             sop = str(getattr(req, "AffectedSOPInstanceUID", "") or "?")
-            fut = writer.submit(store, req, data, ts)
+            fut: Future = Future()
             with lock:
                 pending.append((sop, fut))
-            return st.SUCCESS
+            return functools.partial(submit_into, writer, fut,
+                                     functools.partial(store, req, data, ts))
 
         def quick_store(req):
             # A request on its own context, for which we are the SCP, whose
@@ -394,11 +398,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                 return st.DATASET_DOES_NOT_MATCH_SOP_CLASS
             # Answered first, handed to a writing thread after: the PACS's
             # next store waits for the answer, not for the hand-off.
-            fut: Future = Future()
-            with lock:
-                pending.append((named[1] or "?", fut))
-            return AnswerFirst(st.SUCCESS, functools.partial(
-                submit_into, writer, fut, functools.partial(store, req, None, ts)))
+            return AnswerFirst(st.SUCCESS, attach(req, None, ts))
 
         handlers.append((evt.EVT_C_STORE, on_store))
     else:

@@ -473,6 +473,11 @@ def big_to_little_endian(ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
+def _early_writers():
+    """The threads that write our own C-MOVE's early-acknowledged stores."""
+    return helper_pool("cmove-store", RETRIEVE_WRITERS)
+
+
 class Handlers:
     """The listener's event handlers, bound to one archive and one nodes table.
 
@@ -664,11 +669,13 @@ class Handlers:
         early = self._early_ack(str(event.assoc.requestor.ae_title), req)
         try:
             if early:
-                fut = self._submit_early(event.assoc, req, hdr.sop_instance_uid, functools.partial(
-                    self._store_early, data, hdr, peer))
-                if fut is None:
+                store = functools.partial(self._store_early, data, hdr, peer)
+                start = self._attach_early(event.assoc, req, hdr.sop_instance_uid, store)
+                if start is not None:
+                    start()
                     return st.SUCCESS
-                out = fut.result().result()  # the retrieve ended meanwhile: durable first
+                # The retrieve ended meanwhile: durable first.
+                out = _early_writers().submit(store).result().result()
             else:
                 # The file it was written to as it arrived, if any (none for
                 # the early-acknowledged stores above, see _file_opener): the
@@ -696,30 +703,25 @@ class Handlers:
         return st.SUCCESS
 
     def _store_early(self, data: bytes, hdr: Header, peer: str) -> Future:
-        """Submit an early-acknowledged store (see :meth:`_submit_early`)."""
+        """Submit an early-acknowledged store (see :meth:`_attach_early`)."""
         return self.archive.submit_bytes(data, origin=f"dicom:{peer}", name=f"C-STORE from {peer}",
                                          header=hdr, window=RETRIEVE_GROUP_WINDOW)
 
-    def _submit_early(self, assoc, req, sop_uid: str, store: Callable[[], Future]) -> Future | None:
-        """Store a sub-operation of our own C-MOVE, acknowledged at once as
-        our C-GET's are: *store* (which submits it to the archive) runs on a
-        helper thread while the next instance arrives; its retrieve waits
-        for it (see net.moves) and counts it if it fails.  None once
-        attached to its retrieve; the store's future when that retrieve has
-        ended meanwhile (the caller must then wait for it before
-        answering)."""
-        fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(store)
-        return None if self._track_early(assoc, req, sop_uid, fut) else fut
-
-    def _track_early(self, assoc, req, sop_uid: str, fut: Future) -> bool:
-        """Attach the early-acknowledged store *fut* to its retrieve (and
-        count it); False when that retrieve has ended meanwhile."""
+    def _attach_early(self, assoc, req, sop_uid: str,
+                      store: Callable[[], Future]) -> Callable[[], None] | None:
+        """Attach a sub-operation of our own C-MOVE, acknowledged at once as
+        our C-GET's are, to its retrieve (see net.moves), which waits for it
+        and counts it if it fails; the call that hands *store* (which submits
+        it to the archive) to a writing thread, to make once answered.  None
+        when that retrieve has ended meanwhile: the caller then stores it
+        durably before answering."""
+        fut: Future = Future()
         if not ACTIVE_MOVES.track(str(assoc.requestor.ae_title),
                                   req.MoveOriginatorApplicationEntityTitle,
                                   sop_uid, fut, req.MoveOriginatorMessageID, source=id(assoc)):
-            return False
+            return None
         self._count_for(assoc, "stored")
-        return True
+        return functools.partial(submit_into, _early_writers(), fut, store)
 
     def _quick_store(self, assoc):
         """For :func:`serve_requests_inline`: the sub-operations of our own
@@ -763,13 +765,11 @@ class Handlers:
                 store = functools.partial(self._store_early, data, hdr, peer)
             # Answered first, handed to a writing thread after: the PACS's
             # next store waits for the answer, not for the hand-off.
-            fut: Future = Future()
-            if self._track_early(assoc, req, sop_uid, fut):
-                return AnswerFirst(st.SUCCESS, functools.partial(
-                    submit_into, helper_pool("cmove-store", RETRIEVE_WRITERS), fut, store))
-            fut = helper_pool("cmove-store", RETRIEVE_WRITERS).submit(store)
+            start = self._attach_early(assoc, req, sop_uid, store)
+            if start is not None:
+                return AnswerFirst(st.SUCCESS, start)
             try:  # (the retrieve ended meanwhile: durable first)
-                out = fut.result().result()
+                out = _early_writers().submit(store).result().result()
             except Exception:  # noqa: BLE001 - stored again the usual way, which says why
                 return None
             self._count_for(assoc, out.status)
