@@ -308,6 +308,7 @@ class Archive:
         worker staged nothing because the key already existed."""
         v = hdr.values
         sop = hdr.sop_instance_uid
+        key = key_for_uid(sop)  # (the file's, unless stored in place)
         replace = self.duplicate_policy == "replace"
         out: Future = Future()
         out.set_running_or_notify_cancel()
@@ -322,11 +323,11 @@ class Archive:
             # name that the rename below moves in place -- a rename that
             # refuses to replace answers "new instance?" without a stat.
             d = hdr.data
-            staged = _Received(self.store.stage(key_for_uid(sop), d), len(d), checksum(d))
+            staged = _Received(self.store.stage(key, d), len(d), checksum(d))
         staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
         written: Future | None = None
         if not replace and (in_place_path is not None or (
-                staged_tmp is None and self.store.exists(key_for_uid(sop)))):
+                staged_tmp is None and self.store.exists(key))):
             # (A stat of the sharded key answers "new instance" without a
             # query; in-place rows have no key, so ask the index for those.)
             existing = self._existing(sop)
@@ -343,7 +344,7 @@ class Archive:
                 size = len(data)
                 digest = checksum(data)
         else:
-            file_path, in_place = key_for_uid(sop), False
+            file_path, in_place = key, False
             # No fsync per file: the index writer syncs the file system once
             # per batch, before the commit that makes these files visible.
             if staged_tmp is not None:
