@@ -293,16 +293,46 @@ def move_destination_hint(our_ae: str, host: str | None, port: int | None) -> st
 
 
 # --------------------------------------------------------------------------- retrieve
+#: At most 128 presentation contexts fit in an association (odd context IDs
+#: 1-255): a C-GET proposes its model and at most this many storage classes.
+GET_MAX_STORAGE_CLASSES = 127
+
+#: Storage classes a C-GET proposes beside pynetdicom's 120 common ones (its
+#: ``StoragePresentationContexts``), filling the association's free contexts
+#: with the newer classes most often found in radiology studies: dose reports
+#: (PET/NM, patient, X-ray), parametric maps, breast projection X-ray.  An
+#: instance of any other class is fetched by a second pass (see
+#: :func:`_get_unproposed`).
+GET_EXTRA_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map
+    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray Image - For Presentation
+    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    "1.2.840.10008.5.1.4.1.1.11.12",  # Variable Modality LUT Softcopy Presentation State
+)
+
+#: The storage classes of a C-GET's first (usual) association.
+GET_STORAGE_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(
+    [str(c.abstract_syntax) for c in StoragePresentationContexts] + list(GET_EXTRA_CLASSES)
+))[:GET_MAX_STORAGE_CLASSES]
+
+
+def _get_contexts(classes) -> tuple[list, list]:
+    """A C-GET association's contexts (the model + *classes* in GET_SYNTAXES)
+    and SCP role items."""
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    contexts += [build_context(uid, GET_SYNTAXES) for uid in classes]
+    return contexts, [build_role(uid, scp_role=True) for uid in classes]
+
+
 @functools.lru_cache(maxsize=1)
 def _get_negotiation() -> tuple[list, list]:
-    """The C-GET association's contexts (the model + 127 storage classes in
-    GET_SYNTAXES) and SCP role items, built once: building them validates
-    ~3,000 UIDs (pynetdicom copies the contexts per association, cheaply:
-    see ``ContextList``)."""
-    storage = [c.abstract_syntax for c in StoragePresentationContexts][:127]
-    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
-    contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
-    return contexts, [build_role(uid, scp_role=True) for uid in storage]
+    """:func:`_get_contexts` of GET_STORAGE_CLASSES, built once: building
+    them validates ~3,000 UIDs (pynetdicom copies the contexts per
+    association, cheaply: see ``ContextList``)."""
+    return _get_contexts(GET_STORAGE_CLASSES)
 
 
 def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
@@ -319,14 +349,40 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     Returns the final :class:`TransferProgress`; raises :class:`ScuError` when
     the retrieve cannot start or fails as a whole (instances that did arrive
     are kept).
+
+    A C-GET association proposes at most 127 storage classes; when the PACS
+    holds instances of others for this retrieve, a second pass fetches them
+    (see :func:`_get_unproposed`).
     """
     if method not in ("get", "move"):
         raise ScuError(f"unknown retrieve method {method!r} (get or move)", kind="usage")
     level = _level_for(series_uid, instance_uid)
-    ident = _retrieve_identifier(level, study_uid, series_uid, instance_uid)
-    target = _target(node)
     prog = TransferProgress()
     cancel = cancel or threading.Event()
+    ident = _retrieve_identifier(level, study_uid, series_uid, instance_uid)
+    _retrieve_pass(node, archive, prog, ident, method=method, calling_ae=calling_ae,
+                   move_destination=move_destination, listener_host=listener_host,
+                   listener_port=listener_port, timeout=timeout, progress=progress,
+                   cancel=cancel, dimse_timeout=dimse_timeout)
+    if method == "get" and (prog.failed or prog.error) and not prog.cancelled:
+        _get_unproposed(node, archive, prog, study_uid=study_uid, series_uid=series_uid,
+                        instance_uid=instance_uid, calling_ae=calling_ae, timeout=timeout,
+                        progress=progress, cancel=cancel, dimse_timeout=dimse_timeout)
+    if prog.error and not prog.completed and not prog.cancelled:
+        raise ScuError(f"{_target(node)}: {prog.error}", kind="failed")
+    return prog
+
+
+def _retrieve_pass(node, archive, prog: TransferProgress, ident: Dataset, *, method: str,
+                   calling_ae: str, move_destination: str | None, listener_host: str | None,
+                   listener_port: int | None, timeout: float, progress: ProgressFn | None,
+                   cancel: threading.Event, dimse_timeout: float,
+                   negotiation: tuple[list, list] | None = None) -> None:
+    """One C-GET or C-MOVE request of :func:`retrieve` (identifier *ident*),
+    its counts and failures in *prog*.  A final failure status sets
+    ``prog.error`` (the caller decides); *negotiation*: a C-GET's contexts
+    and role items (default: :func:`_get_negotiation`)."""
+    target = _target(node)
     lock = threading.Lock()
     handlers = []
     ext_neg = None
@@ -335,7 +391,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     if method == "get":
         install_dimse_hook()  # C-STORE responses encoded directly
         model = StudyRootQueryRetrieveInformationModelGet
-        contexts, ext_neg = _get_negotiation()
+        contexts, ext_neg = negotiation or _get_negotiation()
 
         def on_store(event):
             try:
@@ -454,7 +510,7 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                 prog.error = str(lost)
                 if cancel.is_set():
                     prog.cancelled = True
-                    return prog
+                    return
                 raise ScuError(prog.error, kind=lost.kind)
             last = time.monotonic()
             code = status.Status
@@ -496,13 +552,8 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
         elif st.is_failure(code) and code != st.SUCCESS:
             comment = status.get("ErrorComment", "")
             prog.error = f"{what} answered {st.describe(code)}" + (f": {comment}" if comment else "")
-            if not prog.completed:
-                raise ScuError(f"{target}: {prog.error}", kind="failed")
-        if prog.total == 0 and code == st.SUCCESS and method == "get":
-            pass
         if progress:
             progress(prog)
-        return prog
     finally:
         done.set()
         watcher.join(1.0)
@@ -514,6 +565,139 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
             # wait out its window (up to RETRIEVE_GROUP_WINDOW per retrieve).
             archive.writer.flush()
         _settle(pending, prog, dimse_timeout)
+
+
+def _held_by_pacs(node, *, study_uid: str, series_uid: str | None, instance_uid: str | None,
+                  calling_ae: str, timeout: float) -> dict[str, tuple[str, str]]:
+    """SOP Instance UID -> (SOP Class UID, Series Instance UID) of what *node*
+    holds for a retrieve of these UIDs: C-FIND at series level (for a
+    study), then at image level per series, as a Study Root query must."""
+    series = [series_uid] if series_uid else [
+        r["SeriesInstanceUID"] for r in query(node, "series", {"StudyInstanceUID": study_uid},
+                                              calling_ae=calling_ae, timeout=timeout)
+        if r.get("SeriesInstanceUID")]
+    held: dict[str, tuple[str, str]] = {}
+    for se in series:
+        for r in query(node, "image", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": se,
+                                       "SOPInstanceUID": instance_uid or "", "SOPClassUID": ""},
+                       calling_ae=calling_ae, timeout=timeout):
+            if r.get("SOPInstanceUID") and r.get("SOPClassUID"):
+                held[r["SOPInstanceUID"]] = (r["SOPClassUID"], r.get("SeriesInstanceUID") or se)
+    return held
+
+
+def _stored_here(archive, study_uid: str, uids) -> set[str]:
+    """Which of the SOP Instance UIDs *uids* (of study *study_uid*) the archive holds."""
+    rows = archive.find("instance", {"StudyInstanceUID": study_uid})
+    return {r["SOPInstanceUID"] for r in rows} & set(uids)
+
+
+def _get_unproposed(node, archive, prog: TransferProgress, *, study_uid: str,
+                    series_uid: str | None, instance_uid: str | None, calling_ae: str,
+                    timeout: float, progress: ProgressFn | None, cancel: threading.Event,
+                    dimse_timeout: float) -> None:
+    """The second pass of a C-GET that failed in part or as a whole.
+
+    A C-GET association proposes at most 127 storage classes (the PACS can
+    only send an instance on a context we proposed), and there are more than
+    170.  For an instance of another class the PACS fails its sub-operation
+    -- or, as Orthanc does, the whole C-GET (0xC000, often before sending
+    anything).  So when a C-GET fails, the PACS is asked (C-FIND) the class
+    of every instance it holds for this retrieve; if some are not among
+    those proposed, every instance not stored here yet is fetched again on
+    associations proposing exactly the classes needed (127 at most each):
+    a series that is missing as a whole at series level, otherwise its
+    missing instances by SOP Instance UID list.  *prog* then counts the
+    whole retrieve.  Nothing happens when every class held was proposed
+    (the failure has another cause) or when the PACS cannot be queried.
+    """
+    target = _target(node)
+    try:
+        held = _held_by_pacs(node, study_uid=study_uid, series_uid=series_uid,
+                             instance_uid=instance_uid, calling_ae=calling_ae, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - a best effort: the first pass's result stands
+        log.info("%s: C-GET failed; could not ask the PACS which SOP classes it holds: %s",
+                 target, exc)
+        if prog.error:
+            prog.error += (" (a C-GET proposes at most 127 SOP classes; if the PACS holds "
+                           "others for this retrieve, retrieve it by C-MOVE)")
+        return
+    proposed = set(GET_STORAGE_CLASSES)
+    unproposed = sorted({cls for cls, _ in held.values()} - proposed)
+    if not unproposed:
+        return
+    here = _stored_here(archive, study_uid, held)
+    missing = {u: v for u, v in held.items() if u not in here}
+    log.info("%s: the PACS holds SOP class(es) the C-GET had not proposed (%s): fetching the "
+             "%d instance(s) not received on associations that propose them", target,
+             ", ".join(f"{UID(c).name} {c}" if UID(c).name != c else c for c in unproposed),
+             len(missing))
+    first = {"completed": prog.completed, "warning": prog.warning, "bytes": prog.bytes}
+    done = {"completed": 0, "warning": 0, "bytes": 0}
+    reasons: dict[str, str] = {}
+    status, error = prog.status, prog.error
+
+    def merged(p2: TransferProgress) -> None:
+        prog.completed = first["completed"] + done["completed"] + p2.completed
+        prog.warning = first["warning"] + done["warning"] + p2.warning
+        prog.bytes = first["bytes"] + done["bytes"] + p2.bytes
+        prog.remaining = p2.remaining
+        prog.total = max(len(held), prog.completed + prog.warning)
+        if progress:
+            progress(prog)
+
+    classes = sorted({cls for cls, _ in missing.values()})
+    by_series: dict[str, list[str]] = {}
+    for u, (_, se) in held.items():
+        by_series.setdefault(se, []).append(u)
+    for i in range(0, len(classes), GET_MAX_STORAGE_CLASSES):
+        chunk = set(classes[i:i + GET_MAX_STORAGE_CLASSES])
+        negotiation = _get_contexts(sorted(chunk))
+        for se, uids in by_series.items():
+            wanted = [u for u in uids if u in missing and missing[u][0] in chunk]
+            if not wanted or cancel.is_set():
+                continue
+            if instance_uid:
+                ident = _retrieve_identifier(Level.IMAGE, study_uid, se, instance_uid)
+            elif len(wanted) == len(uids):
+                ident = _retrieve_identifier(Level.SERIES, study_uid, se, None)
+            else:
+                ident = _retrieve_identifier(Level.IMAGE, study_uid, se, None)
+                ident.SOPInstanceUID = wanted
+            p2 = TransferProgress()
+            try:
+                _retrieve_pass(node, archive, p2, ident, method="get", calling_ae=calling_ae,
+                               move_destination=None, listener_host=None, listener_port=None,
+                               timeout=timeout, progress=merged, cancel=cancel,
+                               dimse_timeout=dimse_timeout, negotiation=negotiation)
+            except ScuError as exc:
+                p2.error = str(exc)
+            for k in done:
+                done[k] += getattr(p2, k)
+            reasons.update(p2.failures)
+            if p2.cancelled:
+                prog.cancelled = True
+            if p2.error:
+                status, error = p2.status, p2.error
+    # What the whole retrieve left out, now: the instances held there and not here.
+    here = _stored_here(archive, study_uid, held)
+    still = [u for u in held if u not in here]
+    prog.completed = first["completed"] + done["completed"]
+    prog.warning = first["warning"] + done["warning"]
+    prog.bytes = first["bytes"] + done["bytes"]
+    prog.failures = {u: reasons.get(u) or prog.failures.get(u)
+                     or f"not received ({UID(held[u][0]).name})" for u in still}
+    prog.failed = len(still)
+    prog.remaining = 0
+    prog.total = max(len(held), prog.completed + prog.failed + prog.warning)
+    if still:
+        prog.status = status if status is not None and st.is_failure(status) else st.WARNING_SUBOPS
+        prog.error = error or f"{len(still)} instance(s) not retrieved"
+    else:
+        prog.status = st.WARNING_SUBOPS if prog.warning else st.SUCCESS
+        prog.error = None
+    if progress:
+        progress(prog)
 
 
 def _settle(pending: list, prog: "TransferProgress", timeout: float) -> None:

@@ -363,3 +363,108 @@ def test_a_pacs_that_goes_silent_times_out_and_keeps_what_arrived(rt, silent_get
     assert 1.4 < elapsed < 8.0
     assert seen and max(seen) >= 1  # (pynetdicom reports a store when it starts the next)
     assert rt.archive.count("image", {"StudyInstanceUID": study}) == 2
+
+
+# --------------------------------------------------------------------------- C-GET: SOP classes
+#: Two storage classes that no C-GET proposes on its first association.
+_UNPROPOSED = ("1.2.840.10008.5.1.4.1.1.104.3",  # Encapsulated STL
+               "1.2.840.10008.5.1.4.1.1.88.74")  # Planned Imaging Agent Administration SR
+
+
+@pytest.fixture
+def orthanc_with_rare_classes(client_peers, tmp_path):
+    """An Orthanc of its own holding one study: a 3-slice CT series and a
+    second series with one instance of each class in _UNPROPOSED."""
+    from pydicom.uid import generate_uid
+
+    from osirix_py.dicom import synthetic
+    from peers_fixtures import start_orthanc
+
+    ct = sorted(synthetic.generate_archive(tmp_path / "ct", patients=1, studies_per_patient=1,
+                                           series_per_study=1, slices=3, rows=32, columns=32,
+                                           seed=11))
+    rare, series = [], generate_uid()
+    for cls in _UNPROPOSED:
+        ds = dcmread(ct[0])
+        del ds.PixelData
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = cls
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = series, "OT", 2
+        rare.append(ds)
+    orth = start_orthanc(tmp_path / "orthanc", {AET: (AET, client_peers.our_port)})
+    try:
+        sender = AE("RARESCU")
+        for ds in [dcmread(f) for f in ct] + rare:
+            sender.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = sender.associate("127.0.0.1", orth.dicom_port, ae_title=orth.aet)
+        assert assoc.is_established
+        try:
+            for f in ct:
+                assert assoc.send_c_store(dcmread(f)).Status == 0
+            for ds in rare:
+                assert assoc.send_c_store(ds).Status == 0
+        finally:
+            assoc.release()
+        node = Node("rare", orth.aet, "127.0.0.1", orth.dicom_port)
+        yield node, rare[0].StudyInstanceUID, series, str(dcmread(ct[0]).SOPClassUID)
+    finally:
+        orth.cleanup()
+
+
+def test_c_get_fetches_sop_classes_it_had_not_proposed(rt, orthanc_with_rare_classes):
+    """A C-GET association proposes at most 127 storage classes, and there
+    are more.  Orthanc refuses a whole C-GET whose instances include another
+    class (0xC000, nothing sent).  The retrieve asks the PACS which classes it
+    holds and fetches what is missing on associations that propose them:
+    every instance arrives with its class, at study and at series level."""
+    node, study, rare_series, ct_class = orthanc_with_rare_classes
+    assert ct_class in client.GET_STORAGE_CLASSES  # (the premise)
+    assert not set(_UNPROPOSED) & set(client.GET_STORAGE_CLASSES)
+    _forget(rt, study)
+    seen = []
+    prog = client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET,
+                           progress=lambda p: seen.append(p.completed))
+    assert (prog.completed, prog.failed, prog.total) == (5, 0, 5)
+    assert prog.status == 0 and prog.error is None and not prog.failures
+    assert seen and seen[-1] == 5
+    rows = rt.archive.find("instance", {"StudyInstanceUID": study})
+    classes = sorted(r["SOPClassUID"] for r in rows)
+    assert classes == sorted([ct_class] * 3 + list(_UNPROPOSED))
+
+    _forget(rt, study)
+    prog = client.retrieve(node, rt.archive, study_uid=study, series_uid=rare_series,
+                           method="get", calling_ae=AET)
+    assert (prog.completed, prog.failed) == (2, 0)
+    rows = rt.archive.find("instance", {"StudyInstanceUID": study})
+    assert sorted(r["SOPClassUID"] for r in rows) == sorted(_UNPROPOSED)
+
+
+def test_c_get_second_pass_fetches_only_what_is_missing(rt, orthanc_with_rare_classes,
+                                                       monkeypatch):
+    """Instances already here are not asked for again: with the CT series
+    stored, the study's second pass asks only for the other series, on an
+    association that proposes its two classes, and the retrieve counts all
+    five instances of the study."""
+    node, study, rare_series, ct_class = orthanc_with_rare_classes
+    _forget(rt, study)
+    ct_series = [r["SeriesInstanceUID"] for r in client.query(
+        node, "series", {"StudyInstanceUID": study}, calling_ae=AET)
+        if r["SeriesInstanceUID"] != rare_series]
+    client.retrieve(node, rt.archive, study_uid=study, series_uid=ct_series[0], method="get",
+                    calling_ae=AET)
+    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 3
+    asked = []
+    one_pass = client._retrieve_pass
+
+    def recording(node, archive, prog, ident, **kw):
+        contexts = (kw.get("negotiation") or client._get_negotiation())[0]
+        asked.append((ident.QueryRetrieveLevel, ident.get("SeriesInstanceUID"),
+                      sorted(str(c.abstract_syntax) for c in contexts[1:])))
+        return one_pass(node, archive, prog, ident, **kw)
+
+    monkeypatch.setattr(client, "_retrieve_pass", recording)
+    prog = client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET)
+    assert asked[0][:2] == ("STUDY", None)
+    assert asked[1:] == [("SERIES", rare_series, sorted(_UNPROPOSED))]
+    assert (prog.failed, prog.total) == (0, 5) and prog.completed >= 2
+    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 5
