@@ -77,6 +77,7 @@ from .fastpath import (
     stop_gathering,
 )
 from .moves import ACTIVE_MOVES, RETRIEVE_GROUP_WINDOW, RETRIEVE_WRITERS, submit_into
+from .scp import ACCEPTED_TRANSFER_SYNTAXES
 from .scu import ScuError, Target, open_association
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ GET_MAX_STORAGE_CLASSES = 127
 #: with the newer classes most often found in radiology studies: dose reports
 #: (PET/NM, patient, X-ray), parametric maps, breast projection X-ray.  An
 #: instance of any other class is fetched by a second pass (see
-#: :func:`_get_unproposed`).
+#: :func:`_get_missing`).
 GET_EXTRA_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR
     "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR
@@ -324,6 +325,19 @@ def _get_contexts(classes) -> tuple[list, list]:
     and SCP role items."""
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
     contexts += [build_context(uid, GET_SYNTAXES) for uid in classes]
+    return contexts, [build_role(uid, scp_role=True) for uid in classes]
+
+
+#: What a C-GET's second pass (:func:`_get_missing`) proposes for each SOP
+#: class: every syntax our listener accepts, each on a context of its own.
+GET_RETRY_SYNTAXES = tuple(str(ts) for ts in ACCEPTED_TRANSFER_SYNTAXES)
+
+
+def _get_contexts_each_syntax(classes) -> tuple[list, list]:
+    """Contexts (the model, then one per class and GET_RETRY_SYNTAXES
+    syntax) and SCP role items for a C-GET's second pass."""
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    contexts += [build_context(uid, [ts]) for uid in classes for ts in GET_RETRY_SYNTAXES]
     return contexts, [build_role(uid, scp_role=True) for uid in classes]
 
 
@@ -350,9 +364,9 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
     the retrieve cannot start or fails as a whole (instances that did arrive
     are kept).
 
-    A C-GET association proposes at most 127 storage classes; when the PACS
-    holds instances of others for this retrieve, a second pass fetches them
-    (see :func:`_get_unproposed`).
+    A C-GET that leaves instances behind (a SOP class or transfer syntax the
+    association did not offer, ...) asks for them once more, offering every
+    syntax we accept for their classes (see :func:`_get_missing`).
     """
     if method not in ("get", "move"):
         raise ScuError(f"unknown retrieve method {method!r} (get or move)", kind="usage")
@@ -365,9 +379,9 @@ def retrieve(node, archive, *, study_uid: str, series_uid: str | None = None,
                    listener_port=listener_port, timeout=timeout, progress=progress,
                    cancel=cancel, dimse_timeout=dimse_timeout)
     if method == "get" and (prog.failed or prog.error) and not prog.cancelled:
-        _get_unproposed(node, archive, prog, study_uid=study_uid, series_uid=series_uid,
-                        instance_uid=instance_uid, calling_ae=calling_ae, timeout=timeout,
-                        progress=progress, cancel=cancel, dimse_timeout=dimse_timeout)
+        _get_missing(node, archive, prog, study_uid=study_uid, series_uid=series_uid,
+                     instance_uid=instance_uid, calling_ae=calling_ae, timeout=timeout,
+                     progress=progress, cancel=cancel, dimse_timeout=dimse_timeout)
     if prog.error and not prog.completed and not prog.cancelled:
         raise ScuError(f"{_target(node)}: {prog.error}", kind="failed")
     return prog
@@ -592,46 +606,49 @@ def _stored_here(archive, study_uid: str, uids) -> set[str]:
     return {r["SOPInstanceUID"] for r in rows} & set(uids)
 
 
-def _get_unproposed(node, archive, prog: TransferProgress, *, study_uid: str,
-                    series_uid: str | None, instance_uid: str | None, calling_ae: str,
-                    timeout: float, progress: ProgressFn | None, cancel: threading.Event,
-                    dimse_timeout: float) -> None:
-    """The second pass of a C-GET that failed in part or as a whole.
+def _get_missing(node, archive, prog: TransferProgress, *, study_uid: str,
+                 series_uid: str | None, instance_uid: str | None, calling_ae: str,
+                 timeout: float, progress: ProgressFn | None, cancel: threading.Event,
+                 dimse_timeout: float) -> None:
+    """The second pass of a C-GET that left instances behind.
 
-    A C-GET association proposes at most 127 storage classes (the PACS can
-    only send an instance on a context we proposed), and there are more than
-    170.  For an instance of another class the PACS fails its sub-operation
-    -- or, as Orthanc does, the whole C-GET (0xC000, often before sending
-    anything).  So when a C-GET fails, the PACS is asked (C-FIND) the class
-    of every instance it holds for this retrieve; if some are not among
-    those proposed, every instance not stored here yet is fetched again on
-    associations proposing exactly the classes needed (127 at most each):
-    a series that is missing as a whole at series level, otherwise its
-    missing instances by SOP Instance UID list.  *prog* then counts the
-    whole retrieve.  Nothing happens when every class held was proposed
-    (the failure has another cause) or when the PACS cannot be queried.
+    The PACS can only send an instance on a context we proposed, for its
+    SOP class, in a transfer syntax it can produce.  A C-GET association
+    holds at most 127 storage classes (there are more than 170), and one
+    context per class gets a single syntax from the PACS: an instance of
+    another class, or one the PACS cannot transcode to that syntax (an
+    MPEG-4 video, say), fails -- its sub-operation, or, as with Orthanc,
+    the whole C-GET (0xC000, often before anything was sent).
+
+    So the PACS is asked (C-FIND, series then image level) for the class of
+    every instance it holds for this retrieve, and each one not stored here
+    is asked for once more, on associations that propose its class in
+    every transfer syntax we accept, one context each (so that it comes as
+    stored): a series missing as a whole at series level, otherwise by SOP
+    Instance UID list.  *prog* then counts the whole retrieve.  Nothing
+    more happens when the PACS cannot be queried or nothing is missing.
     """
     target = _target(node)
     try:
         held = _held_by_pacs(node, study_uid=study_uid, series_uid=series_uid,
                              instance_uid=instance_uid, calling_ae=calling_ae, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - a best effort: the first pass's result stands
-        log.info("%s: C-GET failed; could not ask the PACS which SOP classes it holds: %s",
-                 target, exc)
+        log.info("%s: C-GET incomplete; could not ask the PACS what it holds: %s", target, exc)
         if prog.error:
-            prog.error += (" (a C-GET proposes at most 127 SOP classes; if the PACS holds "
-                           "others for this retrieve, retrieve it by C-MOVE)")
-        return
-    proposed = set(GET_STORAGE_CLASSES)
-    unproposed = sorted({cls for cls, _ in held.values()} - proposed)
-    if not unproposed:
+            prog.error += (" (a C-GET proposes at most 127 SOP classes, each in one transfer "
+                           "syntax; for instances of others, retrieve by C-MOVE)")
         return
     here = _stored_here(archive, study_uid, held)
     missing = {u: v for u, v in held.items() if u not in here}
-    log.info("%s: the PACS holds SOP class(es) the C-GET had not proposed (%s): fetching the "
-             "%d instance(s) not received on associations that propose them", target,
-             ", ".join(f"{UID(c).name} {c}" if UID(c).name != c else c for c in unproposed),
-             len(missing))
+    if not missing:
+        return
+    classes = sorted({cls for cls, _ in missing.values()})
+    unproposed = [c for c in classes if c not in set(GET_STORAGE_CLASSES)]
+    log.info("%s: %d instance(s) missing after the C-GET%s: asking for them again, proposing "
+             "every transfer syntax we accept for their SOP class(es)", target, len(missing),
+             " (SOP classes not proposed: " + ", ".join(
+                 f"{UID(c).name} {c}" if UID(c).name != c else c for c in unproposed) + ")"
+             if unproposed else "")
     first = {"completed": prog.completed, "warning": prog.warning, "bytes": prog.bytes}
     done = {"completed": 0, "warning": 0, "bytes": 0}
     reasons: dict[str, str] = {}
@@ -646,13 +663,13 @@ def _get_unproposed(node, archive, prog: TransferProgress, *, study_uid: str,
         if progress:
             progress(prog)
 
-    classes = sorted({cls for cls, _ in missing.values()})
     by_series: dict[str, list[str]] = {}
     for u, (_, se) in held.items():
         by_series.setdefault(se, []).append(u)
-    for i in range(0, len(classes), GET_MAX_STORAGE_CLASSES):
-        chunk = set(classes[i:i + GET_MAX_STORAGE_CLASSES])
-        negotiation = _get_contexts(sorted(chunk))
+    per_assoc = max(1, GET_MAX_STORAGE_CLASSES // len(GET_RETRY_SYNTAXES))
+    for i in range(0, len(classes), per_assoc):
+        chunk = set(classes[i:i + per_assoc])
+        negotiation = _get_contexts_each_syntax(sorted(chunk))
         for se, uids in by_series.items():
             wanted = [u for u in uids if u in missing and missing[u][0] in chunk]
             if not wanted or cancel.is_set():

@@ -365,16 +365,20 @@ def test_a_pacs_that_goes_silent_times_out_and_keeps_what_arrived(rt, silent_get
     assert rt.archive.count("image", {"StudyInstanceUID": study}) == 2
 
 
-# --------------------------------------------------------------------------- C-GET: SOP classes
+# --------------------------------------------------------------------------- C-GET: second pass
 #: Two storage classes that no C-GET proposes on its first association.
 _UNPROPOSED = ("1.2.840.10008.5.1.4.1.1.104.3",  # Encapsulated STL
                "1.2.840.10008.5.1.4.1.1.88.74")  # Planned Imaging Agent Administration SR
+_VIDEO = "1.2.840.10008.5.1.4.1.1.77.1.1.1"  # Video Endoscopic Image
+_MPEG4 = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile / Level 4.1
 
 
 @pytest.fixture
-def orthanc_with_rare_classes(client_peers, tmp_path):
-    """An Orthanc of its own holding one study: a 3-slice CT series and a
-    second series with one instance of each class in _UNPROPOSED."""
+def orthanc_with_rare_instances(client_peers, tmp_path):
+    """An Orthanc of its own holding one study: a 3-slice CT series, a
+    series with one instance of each class in _UNPROPOSED, and a series with
+    an MPEG-4 endoscopy video (which Orthanc cannot transcode)."""
+    from pydicom.encaps import encapsulate
     from pydicom.uid import generate_uid
 
     from osirix_py.dicom import synthetic
@@ -383,13 +387,21 @@ def orthanc_with_rare_classes(client_peers, tmp_path):
     ct = sorted(synthetic.generate_archive(tmp_path / "ct", patients=1, studies_per_patient=1,
                                            series_per_study=1, slices=3, rows=32, columns=32,
                                            seed=11))
-    rare, series = [], generate_uid()
-    for cls in _UNPROPOSED:
+    rare, rare_series, video_series = [], generate_uid(), generate_uid()
+    for cls in _UNPROPOSED + (_VIDEO,):
         ds = dcmread(ct[0])
-        del ds.PixelData
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = cls
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = series, "OT", 2
+        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = rare_series, "OT", 2
+        del ds.PixelData
+        if cls == _VIDEO:
+            ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = video_series, "ES", 3
+            ds.file_meta.TransferSyntaxUID = _MPEG4
+            ds.update({"SamplesPerPixel": 3, "PhotometricInterpretation": "YBR_PARTIAL_420",
+                       "PlanarConfiguration": 0, "BitsAllocated": 8, "BitsStored": 8,
+                       "HighBit": 7, "PixelRepresentation": 0, "NumberOfFrames": 1})
+            ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(range(256)) * 8])
+            ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
         rare.append(ds)
     orth = start_orthanc(tmp_path / "orthanc", {AET: (AET, client_peers.our_port)})
     try:
@@ -399,37 +411,41 @@ def orthanc_with_rare_classes(client_peers, tmp_path):
         assoc = sender.associate("127.0.0.1", orth.dicom_port, ae_title=orth.aet)
         assert assoc.is_established
         try:
-            for f in ct:
-                assert assoc.send_c_store(dcmread(f)).Status == 0
-            for ds in rare:
+            for ds in [dcmread(f) for f in ct] + rare:
                 assert assoc.send_c_store(ds).Status == 0
         finally:
             assoc.release()
         node = Node("rare", orth.aet, "127.0.0.1", orth.dicom_port)
-        yield node, rare[0].StudyInstanceUID, series, str(dcmread(ct[0]).SOPClassUID)
+        ct_class = str(dcmread(ct[0]).SOPClassUID)
+        yield node, rare[0].StudyInstanceUID, rare_series, video_series, ct_class
     finally:
         orth.cleanup()
 
 
-def test_c_get_fetches_sop_classes_it_had_not_proposed(rt, orthanc_with_rare_classes):
-    """A C-GET association proposes at most 127 storage classes, and there
-    are more.  Orthanc refuses a whole C-GET whose instances include another
-    class (0xC000, nothing sent).  The retrieve asks the PACS which classes it
-    holds and fetches what is missing on associations that propose them:
-    every instance arrives with its class, at study and at series level."""
-    node, study, rare_series, ct_class = orthanc_with_rare_classes
-    assert ct_class in client.GET_STORAGE_CLASSES  # (the premise)
-    assert not set(_UNPROPOSED) & set(client.GET_STORAGE_CLASSES)
+def test_c_get_fetches_what_its_first_association_could_not_carry(rt,
+                                                                   orthanc_with_rare_instances):
+    """A C-GET association proposes at most 127 storage classes (there are
+    more), each getting one transfer syntax from the PACS.  Orthanc refuses a
+    whole C-GET whose instances include another class, or a video it cannot
+    transcode (0xC000, nothing sent).  The retrieve asks the PACS what it
+    holds and asks again for what is missing, offering every syntax for
+    their classes: every instance arrives, in its class and the syntax it
+    was stored in, at study and at series level."""
+    node, study, rare_series, video_series, ct_class = orthanc_with_rare_instances
+    assert ct_class in client.GET_STORAGE_CLASSES and _VIDEO in client.GET_STORAGE_CLASSES
+    assert not set(_UNPROPOSED) & set(client.GET_STORAGE_CLASSES)  # (the premises)
     _forget(rt, study)
     seen = []
     prog = client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET,
                            progress=lambda p: seen.append(p.completed))
-    assert (prog.completed, prog.failed, prog.total) == (5, 0, 5)
+    assert (prog.completed, prog.failed, prog.total) == (6, 0, 6)
     assert prog.status == 0 and prog.error is None and not prog.failures
-    assert seen and seen[-1] == 5
+    assert seen and seen[-1] == 6
     rows = rt.archive.find("instance", {"StudyInstanceUID": study})
-    classes = sorted(r["SOPClassUID"] for r in rows)
-    assert classes == sorted([ct_class] * 3 + list(_UNPROPOSED))
+    assert sorted(r["SOPClassUID"] for r in rows) == sorted([ct_class] * 3 + list(_UNPROPOSED)
+                                                            + [_VIDEO])
+    video = [r for r in rows if r["SOPClassUID"] == _VIDEO]
+    assert video[0]["TransferSyntaxUID"] == _MPEG4
 
     _forget(rt, study)
     prog = client.retrieve(node, rt.archive, study_uid=study, series_uid=rare_series,
@@ -439,32 +455,42 @@ def test_c_get_fetches_sop_classes_it_had_not_proposed(rt, orthanc_with_rare_cla
     assert sorted(r["SOPClassUID"] for r in rows) == sorted(_UNPROPOSED)
 
 
-def test_c_get_second_pass_fetches_only_what_is_missing(rt, orthanc_with_rare_classes,
-                                                       monkeypatch):
-    """Instances already here are not asked for again: with the CT series
-    stored, the study's second pass asks only for the other series, on an
-    association that proposes its two classes, and the retrieve counts all
-    five instances of the study."""
-    node, study, rare_series, ct_class = orthanc_with_rare_classes
+def test_c_get_second_pass_asks_only_for_what_is_missing(rt, orthanc_with_rare_instances,
+                                                        monkeypatch):
+    """Instances already here are not asked for again: with two of the CT
+    slices stored, the study's second pass asks for the third by its UID and
+    for the two other series whole, offering their classes in every syntax,
+    and the retrieve counts every instance of the study."""
+    node, study, rare_series, video_series, ct_class = orthanc_with_rare_instances
     _forget(rt, study)
     ct_series = [r["SeriesInstanceUID"] for r in client.query(
         node, "series", {"StudyInstanceUID": study}, calling_ae=AET)
-        if r["SeriesInstanceUID"] != rare_series]
-    client.retrieve(node, rt.archive, study_uid=study, series_uid=ct_series[0], method="get",
+        if r["SeriesInstanceUID"] not in (rare_series, video_series)][0]
+    client.retrieve(node, rt.archive, study_uid=study, series_uid=ct_series, method="get",
                     calling_ae=AET)
-    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 3
+    slices = sorted(r["SOPInstanceUID"] for r in rt.archive.find(
+        "instance", {"SeriesInstanceUID": ct_series}))
+    assert len(slices) == 3
+    rt.archive.delete("instance", slices[1])
     asked = []
     one_pass = client._retrieve_pass
 
     def recording(node, archive, prog, ident, **kw):
-        contexts = (kw.get("negotiation") or client._get_negotiation())[0]
+        contexts = (kw.get("negotiation") or client._get_negotiation())[0][1:]
         asked.append((ident.QueryRetrieveLevel, ident.get("SeriesInstanceUID"),
-                      sorted(str(c.abstract_syntax) for c in contexts[1:])))
+                      ident.get("SOPInstanceUID"),
+                      {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in contexts}))
         return one_pass(node, archive, prog, ident, **kw)
 
     monkeypatch.setattr(client, "_retrieve_pass", recording)
     prog = client.retrieve(node, rt.archive, study_uid=study, method="get", calling_ae=AET)
-    assert asked[0][:2] == ("STUDY", None)
-    assert asked[1:] == [("SERIES", rare_series, sorted(_UNPROPOSED))]
-    assert (prog.failed, prog.total) == (0, 5) and prog.completed >= 2
-    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 5
+    assert asked[0][:3] == ("STUDY", None, None)
+    offered = {(cls, ts) for cls in sorted(set(_UNPROPOSED) | {_VIDEO, ct_class})
+               for ts in client.GET_RETRY_SYNTAXES}
+    assert (_VIDEO, _MPEG4) in offered
+    assert sorted(a[:3] for a in asked[1:]) == sorted([
+        ("IMAGE", ct_series, slices[1]), ("SERIES", rare_series, None),
+        ("SERIES", video_series, None)])
+    assert all(a[3] == offered for a in asked[1:])
+    assert (prog.failed, prog.total) == (0, 6) and prog.completed >= 4
+    assert rt.archive.count("image", {"StudyInstanceUID": study}) == 6
