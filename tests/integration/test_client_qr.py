@@ -373,21 +373,19 @@ _VIDEO = "1.2.840.10008.5.1.4.1.1.77.1.1.1"  # Video Endoscopic Image
 _MPEG4 = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile / Level 4.1
 
 
-@pytest.fixture
-def orthanc_with_rare_instances(client_peers, tmp_path):
-    """An Orthanc of its own holding one study: a 3-slice CT series, a
-    series with one instance of each class in _UNPROPOSED, and a series with
-    an MPEG-4 endoscopy video (which Orthanc cannot transcode)."""
+def _study_with_rare_instances(folder):
+    """Data sets of one study: a 3-slice CT series, a series with one
+    instance of each class in _UNPROPOSED, and a series with an MPEG-4
+    endoscopy video; and (study, rare series, video series, CT class)."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import generate_uid
 
     from osirix_py.dicom import synthetic
-    from peers_fixtures import start_orthanc
 
-    ct = sorted(synthetic.generate_archive(tmp_path / "ct", patients=1, studies_per_patient=1,
+    ct = sorted(synthetic.generate_archive(folder, patients=1, studies_per_patient=1,
                                            series_per_study=1, slices=3, rows=32, columns=32,
                                            seed=11))
-    rare, rare_series, video_series = [], generate_uid(), generate_uid()
+    out, rare_series, video_series = [dcmread(f) for f in ct], generate_uid(), generate_uid()
     for cls in _UNPROPOSED + (_VIDEO,):
         ds = dcmread(ct[0])
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = cls
@@ -402,22 +400,30 @@ def orthanc_with_rare_instances(client_peers, tmp_path):
                        "HighBit": 7, "PixelRepresentation": 0, "NumberOfFrames": 1})
             ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(range(256)) * 8])
             ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
-        rare.append(ds)
+        out.append(ds)
+    return out, (out[0].StudyInstanceUID, rare_series, video_series, str(out[0].SOPClassUID))
+
+
+@pytest.fixture
+def orthanc_with_rare_instances(client_peers, tmp_path):
+    """An Orthanc of its own holding :func:`_study_with_rare_instances`
+    (Orthanc cannot transcode the video)."""
+    from peers_fixtures import start_orthanc
+
+    datasets, info = _study_with_rare_instances(tmp_path / "ct")
     orth = start_orthanc(tmp_path / "orthanc", {AET: (AET, client_peers.our_port)})
     try:
         sender = AE("RARESCU")
-        for ds in [dcmread(f) for f in ct] + rare:
+        for ds in datasets:
             sender.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         assoc = sender.associate("127.0.0.1", orth.dicom_port, ae_title=orth.aet)
         assert assoc.is_established
         try:
-            for ds in [dcmread(f) for f in ct] + rare:
+            for ds in datasets:
                 assert assoc.send_c_store(ds).Status == 0
         finally:
             assoc.release()
-        node = Node("rare", orth.aet, "127.0.0.1", orth.dicom_port)
-        ct_class = str(dcmread(ct[0]).SOPClassUID)
-        yield node, rare[0].StudyInstanceUID, rare_series, video_series, ct_class
+        yield (Node("rare", orth.aet, "127.0.0.1", orth.dicom_port), *info)
     finally:
         orth.cleanup()
 
@@ -494,3 +500,42 @@ def test_c_get_second_pass_asks_only_for_what_is_missing(rt, orthanc_with_rare_i
     assert all(a[3] == offered for a in asked[1:])
     assert (prog.failed, prog.total) == (0, 6) and prog.completed >= 4
     assert rt.archive.count("image", {"StudyInstanceUID": study}) == 6
+
+
+def test_c_get_from_a_pacs_that_fails_single_sub_operations(rt, tmp_path):
+    """Another osirix-py as the PACS: it sends what the association can
+    carry and fails the rest one by one (0xB000, Failed SOP Instance UID
+    List) -- the classes not proposed, and the video it cannot decompress
+    for the syntax accepted.  The second pass brings those three: the
+    retrieve ends with all six, the video as stored."""
+    from io import BytesIO
+
+    datasets, (study, _, _, ct_class) = _study_with_rare_instances(tmp_path / "ct")
+    pacs = Runtime(make_settings(tmp_path / "pacs", http=False, ae_title="OTHERPACS"))
+    pacs.start()
+    try:
+        for ds in datasets:
+            buf = BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            pacs.archive.store_bytes(buf.getvalue(), origin="test")
+        node = Node("other", "OTHERPACS", "127.0.0.1", pacs.listener.port)
+        _forget(rt, study)
+        first = []
+        one_pass = client._retrieve_pass
+
+        def recording(node, archive, prog, ident, **kw):
+            one_pass(node, archive, prog, ident, **kw)
+            first.append((prog.completed, prog.failed, prog.status))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(client, "_retrieve_pass", recording)
+            prog = client.retrieve(node, rt.archive, study_uid=study, method="get",
+                                   calling_ae=AET)
+        assert first[0] == (3, 3, 0xB000)  # (the premise: single sub-operations failed)
+        assert (prog.completed, prog.failed, prog.total, prog.status) == (6, 0, 6, 0)
+        rows = rt.archive.find("instance", {"StudyInstanceUID": study})
+        assert sorted(r["SOPClassUID"] for r in rows) == sorted(
+            [ct_class] * 3 + list(_UNPROPOSED) + [_VIDEO])
+        assert [r["TransferSyntaxUID"] for r in rows if r["SOPClassUID"] == _VIDEO] == [_MPEG4]
+    finally:
+        pacs.stop(timeout=2.0)
