@@ -111,17 +111,20 @@ def _value(elem_value, vr: str):
     return s if s != "" else None
 
 
-def build_identifier(level: Level, filters: Mapping[str, object]) -> Dataset:
-    """The C-FIND identifier: QueryRetrieveLevel, the level's return keys, the filters.
+def build_identifier(level: Level, filters: Mapping[str, object],
+                     keys: Iterable[str] | None = None) -> Dataset:
+    """The C-FIND identifier: QueryRetrieveLevel, the level's return keys (or
+    only *keys*), the filters.
 
     Non-ASCII filter values make it ``SpecificCharacterSet = ISO_IR 192``.
     """
     ds = Dataset()
     ds.QueryRetrieveLevel = level.value
-    keys = [a for a in attributes_up_to(level)
-            if (not a.derived or a.level is level) and not a.tag >> 16 == 0x0002]
-    for a in keys:
-        setattr(ds, a.keyword, None)
+    if keys is None:
+        keys = [a.keyword for a in attributes_up_to(level)
+                if (not a.derived or a.level is level) and not a.tag >> 16 == 0x0002]
+    for kw in keys:
+        setattr(ds, kw, None)
     non_ascii = False
     for kw, v in filters.items():
         if find_attribute(kw) is None:
@@ -154,11 +157,14 @@ def _row(ds: Dataset, keys: list[str]) -> dict:
 
 def query(node, level: Level | str, filters: Mapping[str, object] | None = None, *,
           calling_ae: str, timeout: float = 10.0, limit: int | None = None,
-          cancel: threading.Event | None = None) -> list[dict]:
-    """C-FIND *node* at *level*; returns the matches as dicts keyed by DICOM keyword."""
+          cancel: threading.Event | None = None, keys: Iterable[str] | None = None) -> list[dict]:
+    """C-FIND *node* at *level*; returns the matches as dicts keyed by DICOM keyword.
+
+    *keys*: the return keys to ask for besides the filters (default: every
+    attribute the local database keeps up to *level*)."""
     level = Level.parse(level) if isinstance(level, str) else level
     filters = dict(filters or {})
-    ident = build_identifier(level, filters)
+    ident = build_identifier(level, filters, keys)
     keys = [e.keyword for e in ident if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
     model = (PatientRootQueryRetrieveInformationModelFind if level is Level.PATIENT
              else StudyRootQueryRetrieveInformationModelFind)
@@ -588,13 +594,14 @@ def _held_by_pacs(node, *, study_uid: str, series_uid: str | None, instance_uid:
     study), then at image level per series, as a Study Root query must."""
     series = [series_uid] if series_uid else [
         r["SeriesInstanceUID"] for r in query(node, "series", {"StudyInstanceUID": study_uid},
-                                              calling_ae=calling_ae, timeout=timeout)
+                                              calling_ae=calling_ae, timeout=timeout,
+                                              keys=("SeriesInstanceUID",))
         if r.get("SeriesInstanceUID")]
     held: dict[str, tuple[str, str]] = {}
     for se in series:
         for r in query(node, "image", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": se,
                                        "SOPInstanceUID": instance_uid or "", "SOPClassUID": ""},
-                       calling_ae=calling_ae, timeout=timeout):
+                       calling_ae=calling_ae, timeout=timeout, keys=()):
             if r.get("SOPInstanceUID") and r.get("SOPClassUID"):
                 held[r["SOPInstanceUID"]] = (r["SOPClassUID"], r.get("SeriesInstanceUID") or se)
     return held

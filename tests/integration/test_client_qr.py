@@ -74,6 +74,13 @@ def test_query_each_level(client_peers):
                                           "SeriesInstanceUID": series[0]["SeriesInstanceUID"]},
                           calling_ae=AET)
     assert len(images) == 10 and all(r["SOPInstanceUID"] for r in images)
+    # only the return keys asked for (besides the filters)
+    lean = client.query(node, "image", {"StudyInstanceUID": s["StudyInstanceUID"],
+                                        "SeriesInstanceUID": series[0]["SeriesInstanceUID"]},
+                        calling_ae=AET, keys=("SOPInstanceUID", "SOPClassUID"))
+    assert {r["SOPInstanceUID"] for r in lean} == {r["SOPInstanceUID"] for r in images}
+    assert all(set(r) == {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                          "SOPClassUID"} and r["SOPClassUID"] for r in lean)
 
 
 def test_query_filters_and_charset(client_peers):
