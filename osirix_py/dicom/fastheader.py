@@ -135,13 +135,17 @@ class FastHeader:
     media_storage_sop_class_uid: str | None
 
 
-def read_indexed(data) -> FastHeader | None:
+def read_indexed(data, *, to_pixels: bool = False) -> FastHeader | None:
     """The indexed values of a Part 10 file's bytes, or ``None`` when the fast path
-    does not apply (see the module docstring) and pydicom must read the file."""
+    does not apply (see the module docstring) and pydicom must read the file.
+
+    *to_pixels*: *data* may be only the file's first part; ``None`` unless it
+    reaches the pixel data (where the walk stops), so that nothing the
+    header holds lies past its end."""
     if not _defaults():
         return None
     try:
-        return _read(data)
+        return _read(data, to_pixels)
     except (_Bad, struct.error, IndexError, ValueError, UnicodeError, RecursionError):
         return None
 
@@ -162,7 +166,7 @@ def _defaults() -> bool:
     )
 
 
-def _read(buf) -> FastHeader | None:
+def _read(buf, to_pixels: bool = False) -> FastHeader | None:
     n = len(buf)
     if n < 144 or buf[128:132] != b"DICM":
         return None
@@ -179,7 +183,9 @@ def _read(buf) -> FastHeader | None:
         return None  # command set elements: pydicom reads them apart
     if _looks_implicit(buf, pos, n, implicit) != implicit:
         return None  # pydicom switches (with a warning)
-    raw = _walk_top(buf, pos, n, implicit)
+    raw, at_pixels = _walk_top(buf, pos, n, implicit)
+    if to_pixels and not at_pixels:
+        return None
     return _convert(raw, ts, media_class)
 
 
@@ -235,8 +241,10 @@ def _looks_implicit(buf, pos: int, n: int, assumed: bool) -> bool:
     return not (0x40 < a < 0x5B and 0x40 < b < 0x5B)
 
 
-def _walk_top(buf, pos: int, n: int, implicit: bool) -> dict[int, tuple[bytes, bytes]]:
-    """Raw (VR, value) of the wanted top-level elements, up to the pixel data."""
+def _walk_top(buf, pos: int, n: int,
+              implicit: bool) -> tuple[dict[int, tuple[bytes, bytes]], bool]:
+    """Raw (VR, value) of the wanted top-level elements, up to the pixel data;
+    and whether the walk stopped there (not at the end of *buf*)."""
     wanted = _WANTED
     stop = _STOP
     raw: dict[int, tuple[bytes, bytes]] = {}
@@ -244,7 +252,7 @@ def _walk_top(buf, pos: int, n: int, implicit: bool) -> dict[int, tuple[bytes, b
         group, elem, vr, length, vpos = _element_header(buf, pos, n, implicit)
         tag = (group << 16) | elem
         if tag in stop:
-            break
+            return raw, True
         if group == 0xFFFE or group == 0x0002:
             raise _Bad("delimiter or file meta element in the dataset")
         if length == _UNDEFINED:
@@ -261,7 +269,7 @@ def _walk_top(buf, pos: int, n: int, implicit: bool) -> dict[int, tuple[bytes, b
                 raise _Bad("VR differs from the dictionary")
             raw[tag] = (w.vr, bytes(buf[vpos:end]))
         pos = end
-    return raw
+    return raw, False
 
 
 def _undefined(buf, tag: int, vr: bytes | None, pos: int, n: int, implicit: bool,

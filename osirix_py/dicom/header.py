@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import pydicom
@@ -52,9 +52,27 @@ class Header:
     transfer_syntax_uid: str
     character_set: str | None
     #: Part 10 bytes to store (the original bytes, or re-encoded when the
-    #: source lacked the file meta information).
+    #: source lacked the file meta information) -- or, when :attr:`pieces`
+    #: is set, only their first part, through the start of the pixel data.
     data: bytes
     warnings: list[str] = field(default_factory=list)
+    #: The Part 10 bytes as the pieces they were received in (joined, they
+    #: are the file), when the header was read from their first part only
+    #: (:func:`read_header_prefix`); None otherwise.
+    pieces: tuple | None = None
+
+    def whole(self) -> "Header":
+        """This header with :attr:`data` holding all the Part 10 bytes."""
+        if self.pieces is None:
+            return self
+        return replace(self, data=b"".join(self.pieces), pieces=None)
+
+    @property
+    def size(self) -> int:
+        """The length of the Part 10 bytes."""
+        if self.pieces is None:
+            return len(self.data)
+        return sum(len(p) for p in self.pieces)
 
     @property
     def sop_instance_uid(self) -> str:
@@ -126,6 +144,39 @@ def read_header(data: bytes, *, name: str = "<data>") -> Header:
         if fast is not None:
             return _header_from_fast(fast, data, name)
     return _read_header_pydicom(data, name=name)
+
+
+#: How much of a file :func:`read_header_prefix` reads its header from, at
+#: first and at most (a CT's header is 2-4 KB; the rest is pixel data).
+PREFIX_FIRST, PREFIX_MOST = 16 * 1024, 256 * 1024
+
+
+def read_header_prefix(pieces, *, name: str = "<data>") -> Header | None:
+    """The :class:`Header` of the Part 10 bytes given as *pieces* (bytes or
+    views, in order), read from their first part only, the pieces kept for
+    the store (:attr:`Header.pieces`): no join of the whole file.  None where
+    the fast reader cannot tell the whole header from the first 256 KB
+    (then :func:`read_header` the joined bytes).  Raises as
+    :func:`read_header` for what it does read."""
+    pieces = tuple(pieces)
+    total = sum(len(p) for p in pieces)
+    want = PREFIX_FIRST
+    while True:
+        parts, got = [], 0
+        for p in pieces:
+            if got >= want:
+                break
+            parts.append(p[:want - got] if len(p) > want - got else p)
+            got += len(parts[-1])
+        prefix = b"".join(parts)
+        if len(prefix) < 132 or prefix[128:132] != b"DICM":
+            return None
+        fast = read_indexed(prefix, to_pixels=True)
+        if fast is not None:
+            return replace(_header_from_fast(fast, prefix, name), pieces=pieces)
+        if got >= total or want >= PREFIX_MOST:
+            return None
+        want = min(want * 4, PREFIX_MOST)
 
 
 def _read_header_pydicom(data: bytes, *, name: str = "<data>") -> Header:

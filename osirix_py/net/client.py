@@ -56,6 +56,7 @@ from pynetdicom.sop_class import (
 )
 
 from ..dicom import status as st
+from ..dicom.header import DicomFileError
 from ..dicom.tags import Level, attributes_up_to, find_attribute
 from .fastpath import (
     AnswerFirst,
@@ -69,7 +70,7 @@ from .fastpath import (
     lazy_pending_responses,
     lean_retrieve_responses,
     pause_reactor,
-    part10_of,
+    received_header,
     received_later,
     received_part10,
     received_uids,
@@ -430,12 +431,15 @@ def _retrieve_pass(node, archive, prog: TransferProgress, ident: Dataset, *, met
             return st.SUCCESS
 
         def store(req, data, ts=None):
-            if data is None:  # (the request's bytes, joined here)
-                data = part10_of(req, ts)
-            hdr = checked_header(req, data)
+            if data is None:  # (the request's bytes, as received)
+                hdr = received_header(req, ts)
+                if hdr is None:
+                    raise DicomFileError("data set: its bytes cannot be made into a file")
+            else:
+                hdr = checked_header(req, data)
             with lock:
-                prog.bytes += len(data)
-            return archive.submit_bytes(data, origin=f"dicom:{node.ae_title}",
+                prog.bytes += hdr.size
+            return archive.submit_bytes(hdr.data, origin=f"dicom:{node.ae_title}",
                                         name=f"C-GET from {node.ae_title}", header=hdr,
                                         window=RETRIEVE_GROUP_WINDOW)
 

@@ -70,7 +70,7 @@ from pydicom.uid import UID
 
 from ..dicom import status as st
 from ..dicom.fastheader import peek_sop_uids
-from ..dicom.header import DicomFileError, read_header
+from ..dicom.header import DicomFileError, read_header, read_header_prefix
 
 _EXPLICIT_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
@@ -1517,11 +1517,31 @@ def checked_header(req, data: bytes):
     """The :class:`~osirix_py.dicom.header.Header` of C-STORE request
     *req*'s Part 10 bytes *data*; ``DicomFileError`` when they cannot be
     read or are not the instance the command names (:func:`command_mismatch`)."""
-    hdr = read_header(data, name="data set")
+    return _checked(req, read_header(data, name="data set"))
+
+
+def _checked(req, hdr):
     mismatch = command_mismatch(hdr, req)
     if mismatch is not None:
         raise DicomFileError(f"data set: {differs(mismatch[0])}")
     return hdr
+
+
+def received_header(req, transfer_syntax: str):
+    """:func:`checked_header` of C-STORE request *req*'s received Part 10
+    bytes, read from their first part and keeping the pieces they arrived in
+    (:func:`~osirix_py.dicom.header.read_header_prefix`): a grouped store
+    writes them as they are, without joining the ~0.5 MB of a CT image on a
+    thread that holds the GIL meanwhile.  Joined and read whole where that
+    does not apply (None where only pynetdicom can make the bytes)."""
+    stream = req.DataSet
+    if (isinstance(stream, ReceivedDataSet) and stream._lazy and stream._part10 is None
+            and transfer_syntax == stream._ts and stream._pieces):
+        hdr = read_header_prefix(stream._pieces, name="data set")
+        if hdr is not None:
+            return _checked(req, hdr)
+    data = part10_of(req, transfer_syntax)
+    return None if data is None else checked_header(req, data)
 
 
 def command_uids(req) -> tuple[str, str]:

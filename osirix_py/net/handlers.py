@@ -91,6 +91,7 @@ from .fastpath import (
     part10_head,
     part10_of,
     received_file,
+    received_header,
     received_part10,
     received_uids,
     remove_reactor_wakeup,
@@ -730,9 +731,12 @@ class Handlers:
         anything :meth:`on_store` would refuse or has to wait for included."""
 
         def store_received(req, ts: str, peer: str) -> Future:
-            # (On a writing thread: the join and the parse that quick() left.)
-            data = part10_of(req, ts)
-            return self._store_early(data, checked_header(req, data), peer)
+            # (On a writing thread: the parse that quick() left; the bytes
+            # are written as received, unjoined, where they can be.)
+            hdr = received_header(req, ts)
+            if hdr is None:
+                raise DicomFileError("data set: its bytes cannot be made into a file")
+            return self._store_early(hdr.data, hdr, peer)
 
         def quick(req):
             if not self._early_ack(str(assoc.requestor.ae_title), req):

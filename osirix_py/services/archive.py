@@ -275,6 +275,11 @@ class Archive:
                 done = received.finish()
                 if done is not None:
                     self.store.discard_staged(done[0])
+        if hdr.pieces is not None and not (staged is None and window > 0 and in_place_path is None
+                                           and self._write_beside):
+            # (Only a grouped store's own staging writes the pieces as they are.)
+            hdr = hdr.whole()
+            data = hdr.data
         return self._submit_header(hdr, origin, in_place_path, data, staged, window=window)
 
     def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
@@ -322,8 +327,8 @@ class Archive:
             # writing thread): written and hashed here, under a temporary
             # name that the rename below moves in place -- a rename that
             # refuses to replace answers "new instance?" without a stat.
-            d = hdr.data
-            staged = _Received(self.store.stage(key, d), len(d), checksum(d))
+            d = hdr.data if hdr.pieces is None else hdr.pieces  # (written without a join)
+            staged = _Received(self.store.stage(key, d), hdr.size, checksum(d))
         staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
         written: Future | None = None
         if not replace and (in_place_path is not None or (

@@ -57,6 +57,10 @@ def _fsync_dir(path: Path) -> None:
 _HAS_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
 
 
+#: Pieces per ``writev`` (the kernel takes at most IOV_MAX, 1024 on Linux).
+_IOV_MAX = 1024
+
+
 def _copy_fd(src: int, dst: int) -> None:
     """Copy the file open as *src* (from its start) to *dst*, in the kernel
     (``copy_file_range``, else ``sendfile``, else read/write)."""
@@ -83,12 +87,31 @@ def _copy_fd(src: int, dst: int) -> None:
 
 
 def _write_all(fd: int, data) -> int:
-    """Write all of *data* (bytes or a view) to *fd*; its length."""
+    """Write all of *data* (bytes or a view, or a list or tuple of them, in
+    order: one ``writev``, no join) to *fd*; its length."""
+    if isinstance(data, (list, tuple)):
+        return _writev_all(fd, [memoryview(p) for p in data])
     view = memoryview(data)
     n_total = len(view)
     while view:
         n = os.write(fd, view)
         view = view[n:]
+    return n_total
+
+
+def _writev_all(fd: int, views: list) -> int:
+    n_total = sum(len(v) for v in views)
+    if not hasattr(os, "writev"):
+        for v in views:
+            _write_all(fd, v)
+        return n_total
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
     return n_total
 
 
@@ -210,7 +233,8 @@ class FileStore:
               durable: bool = False) -> str:
         """Write *data* (or the whole file open as *src_fd*, copied in the
         kernel) to a fresh temporary file beside *key*'s final name and return
-        that file's key; :meth:`commit_staged` renames it into place.
+        that file's key; :meth:`commit_staged` renames it into place.  *data*
+        may be a list or tuple of pieces, written in order.
 
         Import workers in other processes stage files; the archive commits
         them under its per-UID lock.  A crash leaves a ``.tmp`` that

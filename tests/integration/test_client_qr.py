@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from io import BytesIO
 
 import pytest
 from pydicom import dcmread
@@ -21,6 +22,7 @@ from osirix_py.net.scu import EchoError, ScuError, echo
 from osirix_py.server.runtime import Runtime
 from osirix_py.services.jobs import INTERRUPTED, JobManager
 from osirix_py.services.nodes import Node
+from osirix_py.storage.base import checksum
 from peers_fixtures import client_peers  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.peers
@@ -115,6 +117,19 @@ def test_retrieve_study_series_instance(client_peers, rt, method):
     # Done means indexed (and durable): C-GET's stores and the C-MOVE stores
     # our listener acknowledged early are settled before retrieve returns.
     assert rt.archive.count("image", {"StudyInstanceUID": uid}) == 20
+    # Each file holds the data set that was sent, element for element, and
+    # the checksum indexed with it.
+    sources = {}
+    for f in client_peers.data.rglob("*.dcm"):
+        ds = dcmread(f)
+        sources[ds.SOPInstanceUID] = ds
+    rows = rt.archive.find("instance", {"StudyInstanceUID": uid})
+    for r in rows:
+        data = rt.archive.read_instance(r)
+        assert r["_checksum"] == checksum(data) and r["_file_size"] == len(data)
+        got, src = dcmread(BytesIO(data)), sources[r["SOPInstanceUID"]]
+        assert got.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+        assert got == src and got.PixelData == src.PixelData
     # series and instance level
     _forget(rt, uid)
     series = client.query(node, "series", {"StudyInstanceUID": uid}, calling_ae=AET)[0]

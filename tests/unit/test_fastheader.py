@@ -449,3 +449,71 @@ def test_sop_uids_are_peeked_from_the_start_of_a_data_set(implicit):
                             b"\xff\xff\xff\xff", 1)
     assert fastheader.peek_sop_uids(raw, implicit) == got
     assert fastheader.peek_sop_uids(undefined, implicit) is None
+
+
+# --- a header read from the first part of a file's pieces ---------------------------------
+
+def _pieces(data: bytes, rng: random.Random) -> list:
+    """*data* cut at random places, as a C-STORE's fragments arrive (views and bytes)."""
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 6))))
+    out, prev = [], 0
+    for c in cuts + [len(data)]:
+        out.append(memoryview(data)[prev:c] if rng.random() < 0.5 else data[prev:c])
+        prev = c
+    return out
+
+
+def test_header_read_from_the_first_part_equals_the_whole_files():
+    """read_header_prefix gives read_header's values for the same bytes, keeps
+    the pieces (whole() joins them back), or declines (None) -- never a
+    header cut short: the pydicom test files, synthetic series and random
+    files, each cut into random pieces."""
+    rng = random.Random(7)
+    files = [open(f, "rb").read() for f in get_testdata_files() if os.path.isfile(f)]
+    for make in (make_ct_series, make_mr_series):
+        for ds in make(slices=2, rows=64, columns=64):
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            files.append(buf.getvalue())
+    files += [part10(implicit=rng.random() < 0.5) for _ in range(50)]
+    taken = 0
+    for data in files:
+        pieces = _pieces(data, rng)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                got = header.read_header_prefix(pieces, name="f.dcm")
+            except DicomFileError as exc:
+                with pytest.raises(DicomFileError) as whole_exc:
+                    read_header(data, name="f.dcm")
+                assert str(exc) == str(whole_exc.value)
+                continue
+            if got is None:
+                continue
+            want = read_header(data, name="f.dcm")
+        taken += 1
+        assert got.values == want.values
+        assert (got.transfer_syntax_uid, got.character_set) == (want.transfer_syntax_uid,
+                                                                 want.character_set)
+        assert got.size == len(data) and got.whole().data == data and got.whole().pieces is None
+        assert data.startswith(got.data) and len(got.data) <= header.PREFIX_MOST
+    assert taken >= 60, taken
+
+
+def test_a_prefix_that_ends_before_the_pixel_data_is_not_taken_for_the_header():
+    """A first part that ends between two elements, before the pixel data,
+    looks like a complete (shorter) data set: the prefix reader must not take
+    it.  Here the indexed Instance Number lies past the first 16 KB, behind a
+    long private element; the header is still read right (from a longer
+    prefix), and a file whose header outgrows 256 KB is declined."""
+    big = {0x00090010: ("LO", "PRIVATE"), 0x00091001: ("OB", b"\x00" * (20 * 1024))}
+    data = part10({0x00200013: ("IS", "42"), **big})
+    assert data.index(b"42") > header.PREFIX_FIRST
+    cut = data.index(b"\x20\x00\x0d\x00")  # (0020,000D), an element boundary past 16 KB
+    assert read_indexed(data[:cut], to_pixels=True) is None
+    assert read_indexed(data[:cut]) is not None  # (what a walk to the end would take)
+    got = header.read_header_prefix([data[:100], data[100:]], name="f.dcm")
+    assert got is not None and got.values["InstanceNumber"] == 42
+    huge = part10({0x00091001: ("OB", b"\x00" * (300 * 1024)), 0x00090010: ("LO", "PRIVATE")})
+    assert header.read_header_prefix([huge], name="f.dcm") is None
+    assert read_header(huge).values["InstanceNumber"] == 12
