@@ -719,8 +719,11 @@ def _get_missing(node, archive, prog: TransferProgress, *, study_uid: str,
     prog.remaining = 0
     prog.total = max(len(held), prog.completed + prog.failed + prog.warning)
     if still:
+        # (An error only where a pass had one: instances that failed one by
+        # one leave a partial retrieve, as without a second pass.)
         prog.status = status if status is not None and st.is_failure(status) else st.WARNING_SUBOPS
-        prog.error = error or f"{len(still)} instance(s) not retrieved"
+        prog.error = (f"{error}; {len(still)} instance(s) still missing after asking again"
+                      if error else None)
     else:
         prog.status = st.WARNING_SUBOPS if prog.warning else st.SUCCESS
         prog.error = None
