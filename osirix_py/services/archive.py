@@ -275,11 +275,6 @@ class Archive:
                 done = received.finish()
                 if done is not None:
                     self.store.discard_staged(done[0])
-        if hdr.pieces is not None and not (staged is None and window > 0 and in_place_path is None
-                                           and self._write_beside):
-            # (Only a grouped store's own staging writes the pieces as they are.)
-            hdr = hdr.whole()
-            data = hdr.data
         return self._submit_header(hdr, origin, in_place_path, data, staged, window=window)
 
     def _submit_header(self, hdr: Header, origin: str, in_place_path: Path | None, data: bytes,
@@ -311,6 +306,13 @@ class Archive:
         """Store (or commit the *staged* file of) one parsed instance; the
         caller holds the UID's lock.  *reread* gives the bytes to store when a
         worker staged nothing because the key already existed."""
+        # Nobody waits for this one (a retrieve's, stored on its own writing
+        # thread): written and hashed here, below.
+        stage_here = staged is None and window > 0 and in_place_path is None and self._write_beside
+        if hdr.pieces is not None and not stage_here:
+            # (Only that staging writes received pieces as they are.)
+            hdr = hdr.whole()
+            data = hdr.data
         v = hdr.values
         sop = hdr.sop_instance_uid
         key = key_for_uid(sop)  # (the file's, unless stored in place)
@@ -322,11 +324,10 @@ class Archive:
             return StoreOutcome(status, sop, hdr.study_instance_uid, hdr.series_instance_uid,
                                 str(v["SOPClassUID"]), path, size, hdr.warnings)
 
-        if staged is None and window > 0 and in_place_path is None and self._write_beside:
-            # Nobody waits for this one (a retrieve's, stored on its own
-            # writing thread): written and hashed here, under a temporary
-            # name that the rename below moves in place -- a rename that
-            # refuses to replace answers "new instance?" without a stat.
+        if stage_here:
+            # Under a temporary name that the rename below moves in place --
+            # a rename that refuses to replace answers "new instance?"
+            # without a stat.
             d = hdr.data if hdr.pieces is None else hdr.pieces  # (written without a join)
             staged = _Received(self.store.stage(key, d), hdr.size, checksum(d))
         staged_tmp = staged.tmp_key if staged is not None and in_place_path is None else None
