@@ -327,25 +327,17 @@ GET_STORAGE_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(
 ))[:GET_MAX_STORAGE_CLASSES]
 
 
-def _get_contexts(classes) -> tuple[list, list]:
-    """A C-GET association's contexts (the model + *classes* in GET_SYNTAXES)
-    and SCP role items."""
+def _get_contexts(classes, syntax_groups=(GET_SYNTAXES,)) -> tuple[list, list]:
+    """A C-GET association's contexts (the model, then for each of *classes*
+    one context per group of *syntax_groups*) and SCP role items."""
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
-    contexts += [build_context(uid, GET_SYNTAXES) for uid in classes]
+    contexts += [build_context(uid, list(group)) for uid in classes for group in syntax_groups]
     return contexts, [build_role(uid, scp_role=True) for uid in classes]
 
 
 #: What a C-GET's second pass (:func:`_get_missing`) proposes for each SOP
 #: class: every syntax our listener accepts, each on a context of its own.
 GET_RETRY_SYNTAXES = tuple(str(ts) for ts in ACCEPTED_TRANSFER_SYNTAXES)
-
-
-def _get_contexts_each_syntax(classes) -> tuple[list, list]:
-    """Contexts (the model, then one per class and GET_RETRY_SYNTAXES
-    syntax) and SCP role items for a C-GET's second pass."""
-    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
-    contexts += [build_context(uid, [ts]) for uid in classes for ts in GET_RETRY_SYNTAXES]
-    return contexts, [build_role(uid, scp_role=True) for uid in classes]
 
 
 @functools.lru_cache(maxsize=1)
@@ -654,7 +646,8 @@ def _get_missing(node, archive, prog: TransferProgress, *, study_uid: str,
     if not missing:
         return
     classes = sorted({cls for cls, _ in missing.values()})
-    unproposed = [c for c in classes if c not in set(GET_STORAGE_CLASSES)]
+    proposed = set(GET_STORAGE_CLASSES)
+    unproposed = [c for c in classes if c not in proposed]
     log.info("%s: %d instance(s) missing after the C-GET%s: asking for them again, proposing "
              "every transfer syntax we accept for their SOP class(es)", target, len(missing),
              " (SOP classes not proposed: " + ", ".join(
@@ -680,7 +673,7 @@ def _get_missing(node, archive, prog: TransferProgress, *, study_uid: str,
     per_assoc = max(1, GET_MAX_STORAGE_CLASSES // len(GET_RETRY_SYNTAXES))
     for i in range(0, len(classes), per_assoc):
         chunk = set(classes[i:i + per_assoc])
-        negotiation = _get_contexts_each_syntax(sorted(chunk))
+        negotiation = _get_contexts(sorted(chunk), [(ts,) for ts in GET_RETRY_SYNTAXES])
         for se, uids in by_series.items():
             wanted = [u for u in uids if u in missing and missing[u][0] in chunk]
             if not wanted or cancel.is_set():
