@@ -71,6 +71,7 @@ from pydicom.uid import UID
 from ..dicom import status as st
 from ..dicom.fastheader import peek_sop_uids
 from ..dicom.header import DicomFileError, read_header, read_header_prefix
+from ..storage.filestore import write_gathered
 
 _EXPLICIT_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
@@ -1334,10 +1335,6 @@ def _write_now(dul, raw: bytes | list) -> bool:
     return False
 
 
-#: Pieces per ``sendmsg`` (the kernel takes at most IOV_MAX, 1024 on Linux).
-_GATHER_MAX = 512
-
-
 def _send_gathered(transport, parts: list) -> bool:
     """Write *parts* to pynetdicom's association socket *transport* with
     ``sendmsg`` (what its ``send`` does for one buffer: an error puts
@@ -1353,21 +1350,7 @@ def _send_gathered(transport, parts: list) -> bool:
             or transport.assoc.get_handlers(evt.EVT_DATA_SENT):
         return False
     try:
-        i, n = 0, len(parts)
-        while i < n:
-            batch = parts[i:i + _GATHER_MAX]
-            sent = sock.sendmsg(batch)
-            if sent == sum(map(len, batch)):
-                i += len(batch)
-                continue
-            for piece in batch:  # (a partial send: go on from where it stopped)
-                size = len(piece)
-                if sent < size:
-                    if sent:
-                        parts[i] = memoryview(piece)[sent:]
-                    break
-                sent -= size
-                i += 1
+        write_gathered(sock.sendmsg, parts)
     except Exception:  # noqa: BLE001 - as AssociationSocket.send
         transport.event_queue.put("Evt17")
     return True

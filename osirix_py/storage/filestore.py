@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import sys
 import shutil
@@ -57,8 +58,33 @@ def _fsync_dir(path: Path) -> None:
 _HAS_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
 
 
-#: Pieces per ``writev`` (the kernel takes at most IOV_MAX, 1024 on Linux).
-_IOV_MAX = 1024
+#: Pieces per gathering write (the kernel takes at most IOV_MAX, 1024 on Linux).
+IOV_MAX = 1024
+
+
+def write_gathered(write, parts, most: int = IOV_MAX) -> int:
+    """Write *parts* (bytes-like pieces, in order) with *write*, a gathering
+    call that takes a list of at most *most* pieces and returns how many
+    bytes it wrote (``os.writev`` bound to a file, ``socket.sendmsg``): each
+    call goes on from where the one before stopped.  Their total length."""
+    parts = list(parts)
+    i, n, total = 0, len(parts), 0
+    while i < n:
+        batch = parts[i:i + most]
+        done = write(batch)
+        total += done
+        if done == sum(map(len, batch)):
+            i += len(batch)
+            continue
+        for piece in batch:  # (a partial write: go on from where it stopped)
+            size = len(piece)
+            if done < size:
+                if done:
+                    parts[i] = memoryview(piece)[done:]
+                break
+            done -= size
+            i += 1
+    return total
 
 
 def _copy_fd(src: int, dst: int) -> None:
@@ -90,28 +116,14 @@ def _write_all(fd: int, data) -> int:
     """Write all of *data* (bytes or a view, or a list or tuple of them, in
     order: one ``writev``, no join) to *fd*; its length."""
     if isinstance(data, (list, tuple)):
-        return _writev_all(fd, [memoryview(p) for p in data])
+        if hasattr(os, "writev"):
+            return write_gathered(functools.partial(os.writev, fd), data)
+        return sum(_write_all(fd, piece) for piece in data)
     view = memoryview(data)
     n_total = len(view)
     while view:
         n = os.write(fd, view)
         view = view[n:]
-    return n_total
-
-
-def _writev_all(fd: int, views: list) -> int:
-    n_total = sum(len(v) for v in views)
-    if not hasattr(os, "writev"):
-        for v in views:
-            _write_all(fd, v)
-        return n_total
-    while views:
-        n = os.writev(fd, views[:_IOV_MAX])
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if n:
-            views[0] = views[0][n:]
     return n_total
 
 
